@@ -1,0 +1,166 @@
+"""The ``qmixprune`` command. ``main(argv)`` returns an exit code, so tests call it directly.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad input (usage or a UserError),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from . import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qmixprune",
+        description="Structured filter pruning searched by multi-agent RL (QMIX), for deployment.",
+    )
+    p.add_argument("--version", action="version", version=f"qmixprune {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "model",
+            help="model file (ours, a state dict with --arch, TorchScript) or a built-in name "
+            "(vgg16, alexnet, resnet56, torchvision:NAME)",
+        )
+        sp.add_argument("--arch", help="architecture of a state-dict file")
+        sp.add_argument("--num-classes", type=int, default=None)
+        sp.add_argument("--width", type=float, default=1.0)
+        sp.add_argument("--input-size", type=int, default=32, help="square input side (pixels)")
+        sp.add_argument(
+            "--trust-pickle",
+            action="store_true",
+            help="allow loading a pickled nn.Module (runs code from the file)",
+        )
+
+    a = sub.add_parser("analyze", help="show the channel groups of a model")
+    model_args(a)
+    c = sub.add_parser("count", help="MACs and parameters, per layer")
+    model_args(c)
+    pr = sub.add_parser("prune", help="prune every group uniformly (no search)")
+    model_args(pr)
+    goal = pr.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--ratio", type=float, help="fraction of each group's channels removed")
+    goal.add_argument("--target-flops", type=float, help="fraction of the MACs to keep")
+    pr.add_argument(
+        "--importance", default="l1", choices=["l1", "l2", "fpgm", "bn_scale", "random"]
+    )
+    pr.add_argument("--round-to", type=int, default=8)
+    pr.add_argument("--min-channels", type=int, default=1)
+    pr.add_argument("-o", "--output", required=True, help="where to write the pruned model")
+    d = sub.add_parser("demo", help="train VGG-16 on the bundled digits, then compress it")
+    d.add_argument("-o", "--output", default="qmixprune-demo")
+    d.add_argument("--quick", action="store_true", help="fewer epochs and evaluations")
+    d.add_argument("--target-flops", type=float, default=0.4)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import UserError
+
+    args = parser().parse_args(argv)
+    if args.command is None:
+        parser().print_help()
+        return EXIT_USAGE
+    try:
+        return _COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"qmixprune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("qmixprune: interrupted; nothing half-written was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _load(args):
+    import torch
+
+    from . import models, serialize
+    from .errors import UserError
+
+    path = args.model
+    if path in models.list_models() or path.startswith("torchvision:"):
+        model = models.create(path, num_classes=args.num_classes or 10, width=args.width)
+    else:
+        model = serialize.load_model_file(
+            path, args.arch, args.num_classes, args.width, args.trust_pickle
+        )
+    shape = getattr(model, "qmixprune_input_shape", None) or [3, args.input_size, args.input_size]
+    if isinstance(model, torch.jit.ScriptModule) and args.command != "count":
+        raise UserError(f"{path} is TorchScript: it can be counted and exported, not pruned")
+    return model.eval(), torch.zeros(1, *shape)
+
+
+def _analyze(args) -> int:
+    from .graph import analyze
+
+    model, x = _load(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = analyze(model, x)
+    print(graph.describe())
+    for w in caught:
+        print(f"warning: {w.message}")
+    print(f"{len(graph.prunable)} of {len(graph.groups)} groups prunable")
+    return EXIT_OK
+
+
+def _count(args) -> int:
+    from .flops import format_table, layer_table
+
+    model, x = _load(args)
+    print(format_table(layer_table(model, x)))
+    print(f"params {sum(p.numel() for p in model.parameters()):,}")
+    return EXIT_OK
+
+
+def _prune(args) -> int:
+    from . import serialize
+    from .budget import CostModel, uniform_counts
+    from .errors import UserError
+    from .flops import count
+    from .graph import analyze
+    from .importance import ranks
+    from .pruning import apply_plan, make_plan, plan_for_counts
+
+    model, x = _load(args)
+    graph = analyze(model, x)
+    if args.ratio is not None:
+        plan = make_plan(
+            model, graph, args.ratio, args.importance, args.round_to, args.min_channels
+        )
+    else:
+        if not 0 < args.target_flops < 1:
+            raise UserError(f"--target-flops must be in (0, 1), got {args.target_flops}")
+        names = [g.name for g in graph.prunable]
+        counts = uniform_counts(CostModel(model, graph, x), names, args.target_flops,
+                                args.round_to, args.min_channels)  # fmt: skip
+        plan = plan_for_counts(graph, counts, ranks(model, graph.prunable, args.importance))
+    pruned = apply_plan(model, graph, plan)
+    (m0, p0), (m1, p1) = count(model, x), count(pruned, x)
+    serialize.save(pruned, args.output)
+    print(f"MACs {m0:,} -> {m1:,} ({m1 / m0:.3f}); params {p0:,} -> {p1:,} ({p1 / p0:.3f})")
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+_COMMANDS = {"analyze": _analyze, "count": _count, "prune": _prune, "demo": _demo}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

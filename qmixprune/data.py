@@ -1,0 +1,200 @@
+"""Data sets: train / val / test splits for ``digits`` (embedded), ``cifar10``,
+``cifar100`` (torchvision's on-disk format) and ``imagefolder`` (class-per-folder tree).
+
+val is carved from train with a seeded permutation; the search's reward only sees val.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .errors import UserError
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+
+
+@dataclass
+class DataSplits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    hflip: bool  # whether horizontal flips are a valid augmentation (not for digits)
+
+
+class ArrayDataset(Dataset):
+    """uint8 images ``[N, C, H, W]`` and labels, normalised on access (fast batched reads)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std) -> None:
+        self.images, self.labels = images, labels
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - self.mean) / self.std
+
+    def __getitem__(self, i):
+        return self._norm(self.images[i]), self.labels[i]
+
+    def __getitems__(self, idx: list[int]):
+        idx_t = torch.as_tensor(idx)
+        return list(zip(self._norm(self.images[idx_t]), self.labels[idx_t]))
+
+
+def load_data(
+    name: str = "digits",
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    image_size: int = 32,
+) -> DataSplits:
+    """Load a data set by name and split off a seeded validation set from its train part."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if name == "digits":
+        train, test, classes, hflip = _digits()
+    elif name in ("cifar10", "cifar100"):
+        train, test, classes, hflip = _cifar(name, _need_dir(name, data_dir), download)
+    elif name == "imagefolder":
+        return _imagefolder(_need_dir(name, data_dir), seed, val_fraction, image_size)
+    else:
+        raise UserError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")
+    tr, va = _split(len(train), val_fraction, seed)
+    shape = tuple(train[0][0].shape)
+    return DataSplits(Subset(train, tr), Subset(train, va), test, classes, shape, hflip)
+
+
+def _need_dir(name: str, data_dir) -> Path:
+    if data_dir is None:
+        raise UserError(f"data set {name!r} needs --data-dir (where it is, or where to download)")
+    return Path(data_dir)
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(n * val_fraction))
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def _digits():
+    """scikit-learn's 1797 8x8 digits, upsampled to 32x32x3; a fixed 20 % test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    x = torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    y = torch.tensor(d.target, dtype=torch.long)
+    tr, te = _split(len(y), 0.2, seed=0)  # fixed: test accuracy comparable across seeds
+    mean, std = x[tr].float().mean() / 255, x[tr].float().std() / 255
+    return (
+        ArrayDataset(x[tr], y[tr], [mean] * 3, [std] * 3),
+        ArrayDataset(x[te], y[te], [mean] * 3, [std] * 3),
+        10,
+        False,
+    )
+
+
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "labels", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("cifar-100-python", ["train"], "test", "fine_labels", 100,
+                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}  # fmt: skip
+
+
+def _cifar(name: str, root: Path, download: bool):
+    folder, train_files, test_file, key, classes, mean, std = _CIFAR[name]
+    base = root / folder
+    if not base.is_dir():
+        if not download:
+            raise UserError(
+                f"{name} not found: expected {base}/ (torchvision's python format); "
+                f"pass --download to fetch it into {root}, or point --data-dir at its parent"
+            )
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as exc:
+            raise UserError(f"downloading {name} into {root} failed: {exc}") from exc
+    xs, ys = zip(*(_cifar_batch(base / f, key, classes) for f in train_files))
+    xt, yt = _cifar_batch(base / test_file, key, classes)
+    train = ArrayDataset(torch.cat(xs), torch.cat(ys), mean, std)
+    return train, ArrayDataset(xt, yt, mean, std), classes, True
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR batches are pickles; allow only what rebuilds numpy arrays, nothing else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _cifar_batch(path: Path, key: str, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"missing CIFAR file {path}: re-download with --download")
+    try:
+        d = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        data = np.asarray(d["data"], dtype=np.uint8)
+        labels = np.asarray(d[key], dtype=np.int64)
+    except Exception as exc:
+        raise UserError(f"corrupt CIFAR file {path}: {exc}; delete it and re-download") from exc
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise UserError(
+            f"corrupt CIFAR file {path}: data of shape {data.shape}, {len(labels)} labels"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise UserError(f"corrupt CIFAR file {path}: labels outside 0..{classes - 1}")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def _imagefolder(root: Path, seed: int, val_fraction: float, size: int) -> DataSplits:
+    """``root/train`` + ``root/test`` (or ``root/val``) if present, else one tree split 80/20."""
+    import torchvision
+    from torchvision import transforms as T
+
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist")
+    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+
+    def folder(p: Path):
+        try:
+            return torchvision.datasets.ImageFolder(str(p), transform=tf)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise UserError(f"{p}: {exc} (expected one sub-folder of images per class)") from exc
+
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        train, test = folder(root / "train"), folder(test_dir)
+        if train.classes != test.classes:
+            raise UserError(f"{root}: train and {test_dir.name} have different class folders")
+    else:
+        whole = folder(root)
+        rest, te = _split(len(whole), 0.2, seed=0)
+        train, test = Subset(whole, rest), Subset(whole, te)
+        train.classes = whole.classes
+    tr, va = _split(len(train), val_fraction, seed)
+    classes = len(train.classes)
+    return DataSplits(Subset(train, tr), Subset(train, va), test, classes, (3, size, size), True)

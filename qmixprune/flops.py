@@ -1,0 +1,78 @@
+"""MACs and parameter counts, whole-model and per layer.
+
+MACs count the multiply-accumulates of Conv and Linear layers for ONE input sample (the
+convention of the pruning literature: CIFAR VGG-16 has about 313.7M); normalisation and
+activations are not counted. Parameters count every parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    name: str
+    kind: str
+    out_shape: tuple[int, ...]
+    macs: int
+    params: int
+
+
+def layer_table(model: nn.Module, example_input: torch.Tensor) -> list[LayerCount]:
+    """One row per Conv/Linear call, in execution order (a module called twice: two rows)."""
+    rows: list[LayerCount] = []
+    batch = example_input.shape[0]
+
+    def hook(name):
+        def fn(mod, inputs, output):
+            per_sample = output.numel() // batch
+            if isinstance(mod, nn.modules.conv._ConvNd):
+                macs = per_sample * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+            else:
+                macs = per_sample * mod.in_features
+            params = sum(p.numel() for p in mod.parameters(recurse=False))
+            rows.append(LayerCount(name, type(mod).__name__, tuple(output.shape[1:]), macs, params))
+
+        return fn
+
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return rows
+
+
+def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """``(macs, params)`` of ``model`` for one sample shaped like ``example_input[0]``."""
+    macs = sum(r.macs for r in layer_table(model, example_input))
+    return macs, sum(p.numel() for p in model.parameters())
+
+
+def format_table(rows: list[LayerCount]) -> str:
+    """A plain-text table of :func:`layer_table` rows with each layer's share of the MACs."""
+    total = sum(r.macs for r in rows) or 1
+    lines = [f"{'layer':<32} {'type':<8} {'output':<16} {'MACs':>12} {'share':>6} {'params':>10}"]
+    for r in rows:
+        shape = "x".join(map(str, r.out_shape))
+        lines.append(
+            f"{r.name:<32} {r.kind:<8} {shape:<16} {r.macs:>12,} {r.macs / total:>6.1%} "
+            f"{r.params:>10,}"
+        )
+    lines.append(f"{'total':<57} {total:>12,}")
+    return "\n".join(lines)

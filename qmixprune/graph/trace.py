@@ -1,0 +1,61 @@
+"""Trace a model with torch.fx and record every node's output shape."""
+
+from __future__ import annotations
+
+import traceback
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import TraceError
+
+
+def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+    """Symbolically trace ``model`` and annotate nodes with ``meta['tensor_meta']``.
+
+    The model's train/eval flags and BN statistics are left as they were.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TraceError(
+            "a TorchScript module cannot be analysed: torch.fx needs the Python module; "
+            "load the weights as a state dict with --arch instead"
+        )
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception as exc:  # fx raises many types; all mean "cannot trace"
+        raise TraceError(
+            f"cannot trace {type(model).__name__} with torch.fx: {_first_line(exc)}"
+            f"{_user_frame(exc)}. Data-dependent control flow and Python ops on tensor values "
+            "cannot be traced: rewrite them, or wrap the function with torch.fx.wrap"
+        ) from exc
+    gm = fx.GraphModule(model, graph)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    except Exception as exc:
+        raise TraceError(
+            f"{type(model).__name__} fails on an example input of shape "
+            f"{tuple(example_input.shape)}: {_first_line(exc)}"
+        ) from exc
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return gm
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _user_frame(exc: BaseException) -> str:
+    """' (at file:line in func)' for the innermost frame outside torch, if any."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (at {f.filename}:{f.lineno} in {f.name}: {f.line})"

@@ -1,0 +1,92 @@
+"""Data of the dependency graph: channel spaces, slots (where modules consume or make
+channels) and groups (spaces tied together, pruned as one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# What a slot does to its module's tensors when the channels of its segments shrink.
+SLOT_TEXT = {
+    "conv_out": "out-channels of conv",
+    "conv_in": "in-channels of conv",
+    "dw": "channels of depthwise conv",
+    "linear_out": "out-features of linear",
+    "linear_in": "in-features of linear",
+    "bn": "batchnorm",
+    "ln": "layernorm",
+}
+PRODUCER_KINDS = ("conv_out", "linear_out", "dw")
+
+
+@dataclass(frozen=True)
+class Seg:
+    """A run of channels inside a tensor's channel axis: all of channel space ``space``,
+    each channel spread over ``expand`` consecutive features (after a flatten)."""
+
+    space: int
+    expand: int = 1
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One tensor dimension of one module that follows the channels of ``segs``."""
+
+    module: str
+    kind: str
+    segs: tuple[Seg, ...]
+
+    def __str__(self) -> str:
+        return f"{SLOT_TEXT[self.kind]} {self.module}"
+
+
+@dataclass(frozen=True)
+class Group:
+    """Channel spaces that must keep the same channels (conv -> BN -> add -> ...)."""
+
+    name: str
+    channels: int
+    spaces: tuple[int, ...]
+    slots: tuple[Slot, ...]
+    prunable: bool
+    reason: str = ""
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.module for s in self.slots))
+
+    def describe(self) -> str:
+        """One sentence: what pruning this group touches, e.g. 'conv a => bn b => conv c'."""
+        head = f"{self.name} [{self.channels} ch]"
+        if not self.prunable:
+            head += f" (not prunable: {self.reason})"
+        return head + ": " + " => ".join(str(s) for s in self.slots)
+
+
+@dataclass
+class Graph:
+    """The result of :func:`qmixprune.analyze`."""
+
+    groups: list[Group]
+    space_sizes: list[int]
+    slots: list[Slot]
+    input_shape: tuple[int, ...]
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._by_name = {g.name: g for g in self.groups}
+        self.space_group = {s: g.name for g in self.groups for s in g.spaces}
+
+    def group(self, name: str) -> Group:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(
+                f"no group {name!r}; groups are {[g.name for g in self.groups]}"
+            ) from None
+
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def describe(self) -> str:
+        return "\n".join(g.describe() for g in self.groups)

@@ -1,0 +1,203 @@
+"""Physical pruning: a plan (kept channel indices per group) applied to a copy of a model.
+
+The result is a smaller dense model of the same Python classes, with every coupled tensor
+sliced; nothing is masked.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+from .graph import Graph, analyze
+from .importance import Criterion, ranks
+
+PLAN_ATTR = "qmixprune_channels"
+SHAPE_ATTR = "qmixprune_input_shape"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Kept channel indices (sorted) for each pruned group; absent groups are kept whole."""
+
+    keep: dict[str, tuple[int, ...]]
+
+    def channels(self) -> dict[str, int]:
+        return {name: len(idx) for name, idx in self.keep.items()}
+
+
+def kept_count(channels: int, ratio: float, round_to: int = 1, min_channels: int = 1) -> int:
+    """How many of ``channels`` survive removing ``ratio`` of them, rounded to a multiple of
+    ``round_to`` (nearest, never below one multiple) and never below ``min_channels``."""
+    keep = channels - int(ratio * channels + 1e-9)
+    if keep < channels and round_to > 1:  # an untouched group keeps its odd width
+        keep = max(round_to, int(keep / round_to + 0.5) * round_to)
+    return max(1, min(channels, max(keep, min_channels)))
+
+
+def make_plan(
+    model: nn.Module,
+    graph: Graph,
+    ratios: float | dict[str, float],
+    importance: str | Criterion = "l1",
+    round_to: int = 1,
+    min_channels: int = 1,
+) -> Plan:
+    """Choose the channels to keep: the most important ``1 - ratio`` of each group."""
+    if round_to < 1 or min_channels < 1:
+        raise UserError("round_to and min_channels must be >= 1")
+    per_group = _ratios(graph, ratios)
+    counts = {
+        name: kept_count(graph.group(name).channels, r, round_to, min_channels)
+        for name, r in per_group.items()
+    }
+    return plan_for_counts(
+        graph, counts, ranks(model, [graph.group(n) for n in counts], importance)
+    )
+
+
+def plan_for_counts(
+    graph: Graph, counts: dict[str, int], ranking: dict[str, list[int]] | None = None
+) -> Plan:
+    """Keep ``counts[group]`` channels of each group: the first ones of ``ranking[group]``
+    (most important first), or simply the first ones (to rebuild a saved shape)."""
+    keep = {}
+    for name, k in counts.items():
+        g = graph.group(name)
+        if not g.prunable and k != g.channels:
+            raise UserError(f"group {name} cannot be pruned: {g.reason}")
+        if not 1 <= k <= g.channels:
+            raise UserError(f"group {name} cannot keep {k} of its {g.channels} channels")
+        if k < g.channels:
+            order = ranking[name] if ranking is not None else range(g.channels)
+            keep[name] = tuple(sorted(order[:k]))
+    return Plan(keep)
+
+
+def _ratios(graph: Graph, ratios: float | dict[str, float]) -> dict[str, float]:
+    if isinstance(ratios, (int, float)):
+        per_group = {g.name: float(ratios) for g in graph.prunable}
+    else:
+        unknown = [n for n in ratios if n not in graph.space_group.values()]
+        if unknown:
+            raise UserError(
+                f"no group named {unknown}; prunable groups: {[g.name for g in graph.prunable]}"
+            )
+        blocked = [n for n in ratios if not graph.group(n).prunable and ratios[n] > 0]
+        if blocked:
+            reasons = "; ".join(f"{n}: {graph.group(n).reason}" for n in blocked)
+            raise UserError(f"groups cannot be pruned: {reasons}")
+        per_group = {n: float(r) for n, r in ratios.items() if graph.group(n).prunable}
+    bad = {n: r for n, r in per_group.items() if not 0.0 <= r < 1.0}
+    if bad:
+        raise UserError(f"pruning ratios must be in [0, 1): got {bad}")
+    return per_group
+
+
+def slot_indices(graph: Graph, plan: Plan, segs) -> torch.Tensor | None:
+    """Indices along one tensor dimension that survive ``plan``; None if all survive."""
+    parts, offset, changed = [], 0, False
+    for seg in segs:
+        size = graph.space_sizes[seg.space]
+        kept = plan.keep.get(graph.space_group.get(seg.space, ""))
+        if kept is None:
+            idx = torch.arange(size)
+        else:
+            idx, changed = torch.tensor(kept, dtype=torch.long), True
+        if seg.expand > 1:
+            idx = (idx[:, None] * seg.expand + torch.arange(seg.expand)).reshape(-1)
+        parts.append(idx + offset)
+        offset += size * seg.expand
+    return torch.cat(parts) if changed else None
+
+
+def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
+    """A pruned deep copy of ``model``; the original is untouched."""
+    new = copy.deepcopy(model)
+    modules = dict(new.named_modules())
+    for slot in graph.slots:
+        idx = slot_indices(graph, plan, slot.segs)
+        if idx is not None:
+            _SLICERS[slot.kind](modules[slot.module], idx)
+    counts = dict(getattr(model, PLAN_ATTR, {}))
+    counts.update({name: len(k) for name, k in plan.keep.items()})
+    setattr(new, PLAN_ATTR, counts)
+    setattr(new, SHAPE_ATTR, list(graph.input_shape))
+    return new
+
+
+def prune(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratios: float | dict[str, float],
+    importance: str | Criterion = "l1",
+    round_to: int = 1,
+    min_channels: int = 1,
+) -> nn.Module:
+    """Remove the least important ``ratios`` of channels of every group (or of the named
+    groups) and return a new, smaller dense model."""
+    graph = analyze(model, example_input)
+    plan = make_plan(model, graph, ratios, importance, round_to, min_channels)
+    return apply_plan(model, graph, plan)
+
+
+def _take(module: nn.Module, names: tuple[str, ...], dim: int, idx: torch.Tensor) -> None:
+    for name in names:
+        t = getattr(module, name, None)
+        if t is None:
+            continue
+        data = t.data.index_select(dim, idx.to(t.device))
+        if isinstance(t, nn.Parameter):
+            setattr(module, name, nn.Parameter(data, requires_grad=t.requires_grad))
+        else:
+            setattr(module, name, data)
+
+
+def _conv_out(m, idx):
+    _take(m, ("weight", "bias"), 0, idx)
+    m.out_channels = len(idx)
+
+
+def _conv_in(m, idx):
+    _take(m, ("weight",), 1, idx)
+    m.in_channels = len(idx)
+
+
+def _depthwise(m, idx):
+    _take(m, ("weight", "bias"), 0, idx)
+    m.in_channels = m.out_channels = m.groups = len(idx)
+
+
+def _linear_out(m, idx):
+    _take(m, ("weight", "bias"), 0, idx)
+    m.out_features = len(idx)
+
+
+def _linear_in(m, idx):
+    _take(m, ("weight",), 1, idx)
+    m.in_features = len(idx)
+
+
+def _batchnorm(m, idx):
+    _take(m, ("weight", "bias", "running_mean", "running_var"), 0, idx)
+    m.num_features = len(idx)
+
+
+def _layernorm(m, idx):
+    _take(m, ("weight", "bias"), 0, idx)
+    m.normalized_shape = (len(idx),)
+
+
+_SLICERS = {
+    "conv_out": _conv_out,
+    "conv_in": _conv_in,
+    "dw": _depthwise,
+    "linear_out": _linear_out,
+    "linear_in": _linear_in,
+    "bn": _batchnorm,
+    "ln": _layernorm,
+}

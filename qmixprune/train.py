@@ -1,0 +1,116 @@
+"""Training, evaluation and adaptive BatchNorm recalibration on in-memory data sets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+
+def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **kw) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, **kw)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataLoader | Dataset, max_batches: int | None = None,
+             batch_size: int = 256) -> float:  # fmt: skip
+    """Top-1 accuracy as a fraction, in eval mode (the model's mode is restored)."""
+    if isinstance(data, Dataset):
+        data = loader(data, batch_size, shuffle=False)
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for i, (x, y) in enumerate(data):
+        if max_batches is not None and i >= max_batches:
+            break
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    model.train(was)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterator | list, num_batches: int = 8) -> nn.Module:
+    """Adaptive BN: reset running statistics and re-estimate them on a few training batches.
+
+    After pruning, the stored statistics no longer describe the thinner layers' inputs.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    was = model.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for i, batch in enumerate(batches):
+        if i >= num_batches:
+            break
+        model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was)
+    return model
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, shift: int = 4, hflip: bool = True):
+    """Random translation by up to ``shift`` pixels (zero padding) and optional h-flips."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift))
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, x.shape[1], h, w + 2 * shift)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    if hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        out[flip] = out[flip].flip(3)
+    return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+def train(
+    model: nn.Module,
+    train_set: Dataset,
+    cfg: TrainConfig,
+    hflip: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> nn.Module:
+    """Plain supervised training: SGD with momentum, one-cycle LR, random shifts."""
+    torch.manual_seed(cfg.seed)
+    data = loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * len(data))
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    for epoch in range(cfg.epochs):
+        total = 0.0
+        for x, y in data:
+            loss = F.cross_entropy(model(augment(x, gen, hflip=hflip)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        if on_epoch is not None:
+            on_epoch(epoch, total / max(1, len(data)))
+    return model.eval()

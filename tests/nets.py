@@ -1,0 +1,93 @@
+"""Small models that exercise every dependency rule of the graph."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Mixed(nn.Module):
+    """Residual add, squeeze-excitation, concat, depthwise, grouped conv, flatten -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(8)
+        self.b1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b1_bn = nn.BatchNorm2d(8)
+        self.se1 = nn.Conv2d(8, 4, 1)
+        self.se2 = nn.Conv2d(4, 8, 1)
+        self.left = nn.Conv2d(8, 6, 1)
+        self.right = nn.Conv2d(8, 4, 1)
+        self.dw = nn.Conv2d(10, 10, 3, padding=1, groups=10)
+        self.dw_bn = nn.BatchNorm2d(10)
+        self.grouped = nn.Conv2d(10, 12, 3, padding=1, groups=2)
+        self.last = nn.Conv2d(12, 6, 3, padding=1)
+        self.head = nn.Linear(6 * 2 * 2, 5)
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem(x)))
+        x = F.relu(self.b1_bn(self.b1(x)) + x)
+        s = torch.sigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(x, 1)))))
+        x = x * s
+        x = torch.cat([self.left(x), self.right(x)], dim=1)
+        x = F.relu(self.dw_bn(self.dw(x)))
+        x = F.relu(self.grouped(x))
+        x = F.adaptive_avg_pool2d(self.last(x), 2)
+        return self.head(x.view(x.size(0), -1))
+
+
+class Concat(nn.Module):
+    """Two prunable branches joined by concat, then BN and a conv that reads both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(10)
+        self.c = nn.Conv2d(10, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        x = F.relu(self.c(x)).mean((2, 3))
+        return self.fc(x)
+
+
+class UnknownOp(nn.Module):
+    """torch.roll over channels cannot be reasoned about; the rest stays prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = torch.roll(F.relu(self.c1(x)), 1, dims=1)
+        x = F.relu(self.c3(F.relu(self.c2(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow
+            return self.c(x)
+        return self.c(-x)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine terms, so exactness tests mean something."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
