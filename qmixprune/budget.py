@@ -105,3 +105,85 @@ def uniform_counts(
         else:
             lo = mid
     return counts(hi)
+
+
+def floors(
+    cost: CostModel, groups: list[str], round_to: int = 1, min_channels: int = 1,
+    min_keep: float = 0.0,
+) -> dict[str, int]:  # fmt: skip
+    """The fewest channels each group may keep: ``min_keep`` of it, ``min_channels``, and a
+    multiple of ``round_to``."""
+    out = {}
+    for g in groups:
+        c = cost.group_channels[g]
+        out[g] = kept_count(c, 1.0 - min_keep, round_to, max(min_channels, 1))
+    return out
+
+
+def check_reachable(cost: CostModel, low: dict[str, int], target: float) -> None:
+    """Refuse, before any search, a target that the floors make impossible, naming why."""
+    at_floor = cost.ratio(low)
+    if at_floor <= target:
+        return
+    fixed = cost.ratio({g: 0 for g in low}) if low else 1.0
+    shares = cost.group_macs()
+    worst = sorted(low, key=lambda g: -shares[g] * low[g] / cost.group_channels[g])[:3]
+    names = ", ".join(f"{g} (floor {low[g]} of {cost.group_channels[g]} ch)" for g in worst)
+    raise UserError(
+        f"target {target:.3f} of the MACs is unreachable: with every group at its floor the "
+        f"model keeps {at_floor:.3f} (layers outside the prunable groups alone: {fixed:.3f}). "
+        f"Largest floors: {names}. Lower --min-channels/--round-to or raise the target"
+    )
+
+
+def fit_to_budget(
+    cost: CostModel,
+    proposal: dict[str, float],
+    low: dict[str, int],
+    target: float,
+    round_to: int = 1,
+) -> dict[str, int]:
+    """The budget wall: scale a proposed keep fraction per group toward its floor (or back
+    toward full width) until the plan keeps at most ``target`` of the MACs, as close to it
+    as the rounding allows. The proposal's shape (which groups keep more) is preserved."""
+    names = list(proposal)
+    full = {g: cost.group_channels[g] for g in names}
+    # where each group sits between its floor (0) and full width (1); never exactly 0,
+    # so that every group can grow back when the budget allows
+    share = {
+        g: min(1.0, max(1e-3, (proposal[g] * full[g] - low[g]) / max(full[g] - low[g], 1)))
+        for g in names
+    }
+
+    def counts(alpha: float) -> dict[str, int]:
+        out = {}
+        for g in names:
+            x = low[g] + (full[g] - low[g]) * min(1.0, share[g] * alpha)
+            k = int(x / round_to + 0.5) * round_to if round_to > 1 else int(x + 0.5)
+            out[g] = min(full[g], max(low[g], k))
+        return out
+
+    lo, hi = 0.0, 1.0 / min(share.values())
+    if cost.ratio(counts(hi)) <= target:
+        return counts(hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost.ratio(counts(mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
+    best = counts(lo)
+    # fill what the rounding left: grow the groups furthest below their scaled proposal
+    want = {g: low[g] + (full[g] - low[g]) * min(1.0, share[g] * hi) for g in names}
+    grown = True
+    while grown:
+        grown = False
+        for g in sorted(names, key=lambda n: best[n] - want[n]):
+            step = min(round_to, full[g] - best[g])
+            if step <= 0:
+                continue
+            trial = {**best, g: best[g] + step}
+            if cost.ratio(trial) <= target:
+                best, grown = trial, True
+                break
+    return best

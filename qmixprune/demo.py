@@ -42,7 +42,7 @@ def digits_teacher(seed: int, epochs: int, log=print):
     log(f"training VGG-16 (width 0.5) on digits for {epochs} epochs (cached at {path})")
     torch.manual_seed(seed)
     model = models.create("vgg16", num_classes=data.num_classes, width=0.5)
-    train(model, data.train, TrainConfig(epochs=epochs, seed=seed), hflip=False,
+    train(model, data.train, TrainConfig(epochs=epochs, lr=0.1, seed=seed), hflip=False,
           on_epoch=lambda e, loss: log(f"  epoch {e + 1}/{epochs} loss {loss:.3f}"))  # fmt: skip
     serialize.save(model, path)
     return model, data

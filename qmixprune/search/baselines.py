@@ -1,0 +1,115 @@
+"""Baselines in the same environment, with the same evaluation budget as the search:
+uniform ratio, global L1 threshold, random search and (mu + lambda) evolution.
+
+Each returns the best plan it found and its reward, scored by ``env.evaluate`` (the same
+BN recalibration and val batches as QMIX).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..budget import uniform_counts
+from ..importance import get_criterion
+from .env import PruningEnv
+
+
+@dataclass
+class BaselineResult:
+    counts: dict[str, int]
+    reward: float
+    evaluations: int
+
+
+def uniform(env: PruningEnv, budget: int = 1, seed: int = 0) -> BaselineResult:
+    """Every group loses the same fraction of its channels."""
+    cfg = env.cfg
+    counts = uniform_counts(env.cost, env.groups, cfg.target_flops, cfg.round_to,
+                            cfg.min_channels)  # fmt: skip
+    counts = {g: max(k, env.low[g]) for g, k in counts.items()}
+    return BaselineResult(counts, env.evaluate(counts), 1)
+
+
+def global_l1(env: PruningEnv, budget: int = 1, seed: int = 0) -> BaselineResult:
+    """One threshold on L1 importance (normalised by each group's mean) across all groups."""
+    crit = get_criterion(env.cfg.importance)
+    scores = {}
+    for g in env.groups:
+        s = crit(env.model, env.graph.group(g)).double()
+        scores[g] = (s / s.mean().clamp_min(1e-12)).sort(descending=True).values
+    rt = env.cfg.round_to
+
+    def counts(tau: float) -> dict[str, int]:
+        out = {}
+        for g, s in scores.items():
+            k = int((s >= tau).sum())
+            k = int(k / rt + 0.5) * rt if rt > 1 else k
+            out[g] = min(len(s), max(env.low[g], k))
+        return out
+
+    lo, hi = 0.0, max(float(s[0]) for s in scores.values()) + 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if env.cost.ratio(counts(mid)) <= env.cfg.target_flops:
+            hi = mid
+        else:
+            lo = mid
+    best = counts(hi)
+    return BaselineResult(best, env.evaluate(best), 1)
+
+
+def random_search(env: PruningEnv, budget: int = 200, seed: int = 0) -> BaselineResult:
+    """Random keep fractions per group, put on the budget by the same wall as QMIX."""
+    gen = torch.Generator().manual_seed(seed)
+    return _best_of(env, budget, lambda: torch.rand(env.n_agents, generator=gen))
+
+
+def evolutionary(
+    env: PruningEnv, budget: int = 200, seed: int = 0, mu: int = 8, lam: int = 16,
+    sigma: float = 0.15,
+) -> BaselineResult:  # fmt: skip
+    """(mu + lambda) evolution of keep-fraction vectors with Gaussian mutation, each child
+    rescaled onto the target by the budget wall."""
+    gen = torch.Generator().manual_seed(seed)
+    start = env.evaluations
+    pop = [torch.rand(env.n_agents, generator=gen) for _ in range(mu)]
+    scored = [(_score(env, p), p) for p in pop]
+    stall = 0
+    while env.evaluations - start < budget and stall < 50:
+        before = env.evaluations
+        children = []
+        for _ in range(lam):
+            parent = scored[int(torch.randint(0, len(scored), (1,), generator=gen))][1]
+            child = (parent + sigma * torch.randn(env.n_agents, generator=gen)).clamp(0.0, 1.0)
+            children.append((_score(env, child), child))
+            if env.evaluations - start >= budget:
+                break
+        scored = sorted(scored + children, key=lambda s: -s[0][1])[:mu]
+        stall = stall + 1 if env.evaluations == before else 0
+    (counts, reward), _ = scored[0]
+    return BaselineResult(counts, reward, env.evaluations - start)
+
+
+def _score(env: PruningEnv, keep: torch.Tensor) -> tuple[dict[str, int], float]:
+    counts = env.project(keep)
+    return counts, env.evaluate(counts)
+
+
+def _best_of(env: PruningEnv, budget: int, sample) -> BaselineResult:
+    start, best, tries = env.evaluations, None, 0
+    while env.evaluations - start < budget and tries < 20 * budget:
+        counts, reward = _score(env, sample())
+        tries += 1
+        if best is None or reward > best[1]:
+            best = (counts, reward)
+    return BaselineResult(best[0], best[1], env.evaluations - start)
+
+
+BASELINES = {
+    "uniform": uniform,
+    "global_l1": global_l1,
+    "random": random_search,
+    "evolutionary": evolutionary,
+}

@@ -1,0 +1,204 @@
+"""The pruning environment: one agent per prunable group, T iterative steps.
+
+At each step every agent removes a further 0, 5, ..., 20 % of its group's channels (the
+action set is configurable). After the last step the budget wall (``fit_to_budget``)
+scales the proposal onto the FLOPs target, the plan is pruned physically, BatchNorm is
+recalibrated on a few training batches, and the team is rewarded with the accuracy on
+held-out val batches. Rewards of plans already seen come from a cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..budget import CostModel, check_reachable, fit_to_budget, floors
+from ..errors import UserError
+from ..flops import layer_table
+from ..graph import Graph
+from ..importance import get_criterion, ranks
+from ..pruning import apply_plan, plan_for_counts
+from ..train import recalibrate_bn
+
+N_GLOBAL = 4  # step, MACs of the proposal, target, gap to the target
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    target_flops: float = 0.4
+    steps: int = 6
+    n_actions: int = 5
+    action_step: float = 0.05  # fraction of a group's channels removed per action unit
+    round_to: int = 1
+    min_channels: int = 1
+    min_keep: float = 0.05  # floor: fraction of each group's channels that always stays
+    importance: str = "l1"
+    reward_batches: int = 4
+    calib_batches: int = 8
+    adaptive_bn: bool = True
+    reward: str = "acc"  # "acc" or "loss" (negative cross-entropy: smoother, cheaper signal)
+    step_reward: bool = False  # reward every step's projected plan, not only the last
+
+    def validate(self) -> None:
+        if not 0.0 < self.target_flops < 1.0:
+            raise UserError(f"target_flops must be in (0, 1), got {self.target_flops}")
+        if self.steps < 1 or self.n_actions < 2 or self.action_step <= 0:
+            raise UserError("steps >= 1, n_actions >= 2 and action_step > 0 are required")
+        if self.reward not in ("acc", "loss"):
+            raise UserError(f"reward must be 'acc' or 'loss', got {self.reward!r}")
+
+
+class PruningEnv:
+    """Evaluates plans for one trained model; ``reset``/``step`` drive one episode."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: Graph,
+        cost: CostModel,
+        calib: list[torch.Tensor],
+        val: list[tuple[torch.Tensor, torch.Tensor]],
+        cfg: EnvConfig,
+    ) -> None:
+        cfg.validate()
+        self.model, self.graph, self.cost, self.cfg = model.eval(), graph, cost, cfg
+        self.groups = [g.name for g in graph.prunable]
+        if not self.groups:
+            raise UserError("the model has no prunable channel groups (see `qmixprune analyze`)")
+        self.n_agents = len(self.groups)
+        self.low = floors(cost, self.groups, cfg.round_to, cfg.min_channels, cfg.min_keep)
+        check_reachable(cost, self.low, cfg.target_flops)
+        self.ranking = ranks(model, graph.prunable, cfg.importance)
+        self.calib, self.val = calib, val[: cfg.reward_batches]
+        self.cache: dict[tuple[int, ...], float] = {}
+        self.evaluations = 0
+        self.static = self._static_features()
+        self.obs_dim = self.static.shape[1] + 3 + N_GLOBAL
+        self.state_dim = self.n_agents * self.obs_dim + N_GLOBAL
+
+    # -- features ------------------------------------------------------------------------
+    def _static_features(self) -> torch.Tensor:
+        modules = dict(self.model.named_modules())
+        rows = {r.name: r for r in layer_table(self.model, torch.zeros(1, *self.graph.input_shape))}
+        macs = self.cost.group_macs()
+        total_params = sum(p.numel() for p in self.model.parameters())
+        crit = get_criterion(self.cfg.importance)
+        feats = []
+        for i, name in enumerate(self.groups):
+            group = self.graph.group(name)
+            m = modules[name]
+            row = rows.get(name)
+            side = row.out_shape[-1] if row and len(row.out_shape) == 3 else 1
+            scores = crit(self.model, group).float()
+            scores = scores / scores.sum().clamp_min(1e-12)
+            half = scores.sort().values[: len(scores) // 2].sum()
+            params = sum(modules[mod].weight.numel() for mod in group.modules
+                         if getattr(modules[mod], "weight", None) is not None)  # fmt: skip
+            feats.append([
+                i / max(1, self.n_agents - 1),
+                math.log2(getattr(m, "in_channels", getattr(m, "in_features", 1))) / 12,
+                math.log2(group.channels) / 12,
+                getattr(m, "kernel_size", (1,))[0] / 7,
+                getattr(m, "stride", (1,))[0] / 2,
+                math.log2(side + 1) / 8,
+                macs[name] / self.cost.total,
+                params / total_params,
+                float(scores.std() * group.channels),  # spread of importance
+                float(half),  # importance mass of the weaker half
+                self.low[name] / group.channels,
+            ])  # fmt: skip
+        return torch.tensor(feats, dtype=torch.float32)
+
+    def observe(self, keep: torch.Tensor, last: torch.Tensor, t: int):
+        """Per-agent observations ``[N, obs_dim]`` and the global state ``[state_dim]``."""
+        ratio = self.cost.ratio(self._counts(keep))
+        glob = torch.tensor([t / self.cfg.steps, ratio, self.cfg.target_flops,
+                             ratio - self.cfg.target_flops])  # fmt: skip
+        left = torch.full_like(keep, (self.cfg.steps - t) / self.cfg.steps)
+        own = torch.stack([keep, last.float() / (self.cfg.n_actions - 1), left], 1)
+        obs = torch.cat([self.static, own, glob.expand(self.n_agents, -1)], 1)
+        return obs, torch.cat([obs.reshape(-1), glob])
+
+    def _counts(self, keep: torch.Tensor) -> dict[str, int]:
+        return {
+            g: max(self.low[g], int(round(float(k) * self.graph.group(g).channels)))
+            for g, k in zip(self.groups, keep)
+        }
+
+    # -- episode -------------------------------------------------------------------------
+    def reset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Start an episode: keep fractions, observations, state."""
+        self.keep = torch.ones(self.n_agents)
+        self.t = 0
+        self.last = torch.zeros(self.n_agents, dtype=torch.long)
+        self.prev_reward = self.evaluate(self.project(self.keep)) if self.cfg.step_reward else 0.0
+        obs, state = self.observe(self.keep, self.last, 0)
+        return obs, state
+
+    def step(self, actions: torch.Tensor):
+        """Apply one action per agent; returns (obs, state, reward, done)."""
+        floor = torch.tensor([self.low[g] / self.graph.group(g).channels for g in self.groups])
+        self.keep = torch.maximum(self.keep - actions.float() * self.cfg.action_step, floor)
+        self.last = actions.clone()
+        self.t += 1
+        done = self.t >= self.cfg.steps
+        reward = 0.0
+        if done or self.cfg.step_reward:
+            value = self.evaluate(self.project(self.keep))
+            reward = value - self.prev_reward if self.cfg.step_reward else value
+            self.prev_reward = value
+        obs, state = self.observe(self.keep, self.last, self.t)
+        return obs, state, reward, done
+
+    def project(self, keep: torch.Tensor) -> dict[str, int]:
+        """The budget wall applied to keep fractions: integer channel counts on target."""
+        proposal = {g: float(k) for g, k in zip(self.groups, keep)}
+        return fit_to_budget(self.cost, proposal, self.low, self.cfg.target_flops,
+                             self.cfg.round_to)  # fmt: skip
+
+    # -- reward --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, counts: dict[str, int]) -> float:
+        """Reward of a plan: val accuracy (or -loss) of the pruned, BN-recalibrated net."""
+        key = tuple(counts[g] for g in self.groups)
+        if key in self.cache:
+            return self.cache[key]
+        plan = plan_for_counts(self.graph, counts, self.ranking)
+        pruned = apply_plan(self.model, self.graph, plan)
+        if self.cfg.adaptive_bn:
+            recalibrate_bn(pruned, self.calib, len(self.calib))
+        pruned.eval()
+        correct = total = 0
+        loss = 0.0
+        for x, y in self.val:
+            out = pruned(x)
+            correct += (out.argmax(1) == y).sum().item()
+            loss += F.cross_entropy(out, y, reduction="sum").item()
+            total += len(y)
+        value = correct / total if self.cfg.reward == "acc" else -loss / total
+        self.cache[key] = value
+        self.evaluations += 1
+        del pruned  # one pruned copy in memory at a time
+        return value
+
+
+def build_env(model: nn.Module, data, cfg: EnvConfig, seed: int = 0, batch_size: int = 64):
+    """An environment for ``model`` on ``data`` (a ``DataSplits``): fixed calibration
+    batches from train and fixed reward batches from val, so a plan's reward is stable."""
+    from ..budget import CostModel as _Cost
+    from ..graph import analyze
+    from ..train import loader
+
+    x = torch.zeros(1, *data.input_shape)
+    graph = analyze(model, x)
+    cost = _Cost(model, graph, x)
+    train_batches = loader(data.train, batch_size, shuffle=True, seed=seed)
+    calib = [b[0] for _, b in zip(range(cfg.calib_batches), train_batches)]
+    val = [b for _, b in zip(range(cfg.reward_batches), loader(data.val, batch_size * 2, False))]
+    if not val or not calib:
+        raise UserError("the data set is empty: no batches for calibration or reward")
+    return PruningEnv(model, graph, cost, calib, val, cfg)

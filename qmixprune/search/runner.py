@@ -1,0 +1,181 @@
+"""The search loop: episodes in the environment, QMIX learning, logging, checkpoints.
+
+Resuming restores networks, optimiser, replay buffer, reward cache, RNG and the log, so a
+run interrupted and resumed with the same seed ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..serialize import atomic_write_bytes
+from .buffer import EpisodeBuffer
+from .env import EnvConfig, PruningEnv
+from .learner import QLearner, QmixConfig
+
+CHECKPOINT = "search_checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    episodes: int = 200
+    max_evaluations: int | None = None  # stop once this many distinct plans were scored
+    seed: int = 0
+    checkpoint_every: int = 10
+    env: EnvConfig = field(default_factory=EnvConfig)
+    qmix: QmixConfig = field(default_factory=QmixConfig)
+
+
+@dataclass
+class SearchResult:
+    counts: dict[str, int]  # best plan: kept channels per group
+    reward: float
+    macs_ratio: float
+    evaluations: int
+    episodes: int
+    seconds: float
+    log: list[dict]
+
+
+class _Run:
+    """Mutable state of one search; everything in it is checkpointed."""
+
+    def __init__(self, env: PruningEnv, cfg: SearchConfig) -> None:
+        self.env, self.cfg = env, cfg
+        torch.manual_seed(cfg.seed)
+        self.learner = QLearner(env.obs_dim, env.state_dim, env.n_agents, env.cfg.n_actions,
+                                cfg.qmix)  # fmt: skip
+        self.buffer = EpisodeBuffer(cfg.qmix.buffer_size)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.episode = 0
+        self.best: tuple[float, dict[str, int], list] | None = None  # reward, counts, actions
+        self.log: list[dict] = []
+        self.seconds = 0.0
+
+    def state_dict(self) -> dict:
+        return {
+            "learner": self.learner.state_dict(), "buffer": self.buffer.state_dict(),
+            "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "episode": self.episode, "log": json.dumps(self.log), "seconds": self.seconds,
+            "best": json.dumps(self.best), "cache": json.dumps(list(self.env.cache.items())),
+            "evaluations": self.env.evaluations, "config": json.dumps(asdict(self.cfg)),
+        }  # fmt: skip
+
+    def load_state_dict(self, sd: dict) -> None:
+        if json.loads(sd["config"]) != json.loads(json.dumps(asdict(self.cfg))):
+            raise UserError("the checkpoint was made with another configuration: "
+                            "resume with the same options, or start afresh")  # fmt: skip
+        self.learner.load_state_dict(sd["learner"])
+        self.buffer.load_state_dict(sd["buffer"])
+        self.gen.set_state(sd["gen"])
+        torch.set_rng_state(sd["torch_rng"])
+        self.episode, self.seconds = sd["episode"], sd["seconds"]
+        self.log = json.loads(sd["log"])
+        best = json.loads(sd["best"])
+        self.best = (best[0], best[1], best[2]) if best else None
+        self.env.cache = {tuple(k): v for k, v in json.loads(sd["cache"])}
+        self.env.evaluations = sd["evaluations"]
+
+    # -- one episode ------------------------------------------------------------------------
+    def act(self, q: torch.Tensor, eps: float, t: int) -> torch.Tensor:
+        n, a = q.shape
+        greedy = q.argmax(1)
+        explore = torch.rand(n, generator=self.gen) < eps
+        rand = torch.randint(0, a, (n,), generator=self.gen)
+        if self.best is not None and self.cfg.qmix.elite_explore > 0:
+            # learning from the plans already evaluated: explore near the best one
+            elite = torch.tensor(self.best[2][t]) + torch.randint(-1, 2, (n,), generator=self.gen)
+            near = torch.rand(n, generator=self.gen) < self.cfg.qmix.elite_explore
+            rand = torch.where(near, elite.clamp(0, a - 1), rand)
+        return torch.where(explore, rand, greedy)
+
+    def run_episode(self, eps: float) -> dict:
+        env, steps = self.env, self.env.cfg.steps
+        obs, state = env.reset()
+        last = torch.zeros(env.n_agents, dtype=torch.long)
+        h = self.learner.agent.init_hidden(env.n_agents)
+        ep = {"obs": [obs], "state": [state], "actions": [], "last_actions": [last],
+              "reward": [], "done": []}  # fmt: skip
+        from .agent import agent_inputs
+
+        for t in range(steps):
+            with torch.no_grad():
+                q, h = self.learner.agent(agent_inputs(obs, last, env.cfg.n_actions), h)
+            actions = self.act(q, eps, t)
+            obs, state, reward, done = env.step(actions)
+            step = {"obs": obs, "state": state, "actions": actions, "last_actions": actions,
+                    "reward": reward, "done": float(done)}  # fmt: skip
+            for k, v in step.items():
+                ep[k].append(torch.as_tensor(v))
+            last = actions
+        episode = {k: torch.stack(v) for k, v in ep.items()}
+        episode["reward"] = episode["reward"].float()
+        return episode
+
+
+def search(
+    env: PruningEnv,
+    cfg: SearchConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    on_episode: Callable[[dict], None] | None = None,
+) -> SearchResult:
+    """Run the QMIX search; with ``out_dir``, log to ``search_log.jsonl`` and checkpoint."""
+    run = _Run(env, cfg)
+    ckpt = Path(out_dir) / CHECKPOINT if out_dir else None
+    if resume:
+        if ckpt is None or not ckpt.is_file():
+            raise UserError(f"nothing to resume: no {CHECKPOINT} in {out_dir}")
+        try:
+            run.load_state_dict(torch.load(ckpt, weights_only=True))
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise UserError(f"{ckpt} is damaged: {exc}; start afresh without --resume") from exc
+    if ckpt is not None:  # the log holds exactly the checkpointed episodes
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(e) + "\n" for e in run.log)
+        atomic_write_bytes(ckpt.parent / "search_log.jsonl", lines.encode())
+    start = time.perf_counter() - run.seconds
+    q = cfg.qmix
+    while run.episode < cfg.episodes:
+        if cfg.max_evaluations is not None and env.evaluations >= cfg.max_evaluations:
+            break
+        eps = q.epsilon(run.episode)
+        episode = run.run_episode(eps)
+        run.buffer.add(episode)
+        counts = env.project(env.keep)
+        reward = env.evaluate(counts)
+        if run.best is None or reward > run.best[0]:
+            run.best = (reward, counts, episode["actions"].tolist())
+        loss = None
+        if run.episode >= q.warmup and len(run.buffer) >= 2:
+            rewards = run.buffer.rewards()[:, -1]
+            mean, std = float(rewards.mean()), float(rewards.std()) if len(rewards) > 1 else 1.0
+            losses = [run.learner.train(run.buffer.sample(q.batch_size, run.gen), mean, std)
+                      for _ in range(q.updates_per_episode)]  # fmt: skip
+            loss = sum(losses) / len(losses)
+        run.episode += 1
+        run.seconds = time.perf_counter() - start
+        entry = {"episode": run.episode, "reward": reward, "best": run.best[0],
+                 "macs": env.cost.ratio(counts), "epsilon": eps, "loss": loss,
+                 "evaluations": env.evaluations, "seconds": round(run.seconds, 2)}  # fmt: skip
+        run.log.append(entry)
+        if ckpt is not None:
+            with open(ckpt.parent / "search_log.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            if run.episode % cfg.checkpoint_every == 0 or run.episode == cfg.episodes:
+                buf = io.BytesIO()
+                torch.save(run.state_dict(), buf)
+                atomic_write_bytes(ckpt, buf.getvalue())
+        if on_episode is not None:
+            on_episode(entry)
+    best_reward, best_counts, _ = run.best
+    return SearchResult(best_counts, best_reward, env.cost.ratio(best_counts), env.evaluations,
+                        run.episode, run.seconds, run.log)  # fmt: skip

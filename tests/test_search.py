@@ -1,0 +1,117 @@
+import json
+
+import pytest
+import torch
+
+from qmixprune.data import load_data
+from qmixprune.errors import UserError
+from qmixprune.models import create
+from qmixprune.search import (
+    EnvConfig,
+    QLearner,
+    QmixConfig,
+    QMixer,
+    SearchConfig,
+    build_env,
+    search,
+)
+from qmixprune.search.env import PruningEnv
+
+
+def test_mixer_is_monotonic():
+    torch.manual_seed(0)
+    mixer = QMixer(n_agents=5, state_dim=7)
+    qs = torch.randn(4, 3, 5, requires_grad=True)
+    q_tot = mixer(qs, torch.randn(4, 3, 7))
+    assert q_tot.shape == (4, 3, 1)
+    (grad,) = torch.autograd.grad(q_tot.sum(), qs)
+    assert (grad >= 0).all() and (grad > 0).any()
+
+
+def test_learner_solves_cooperative_matrix_game():
+    # joint payoff; the optimum (0, 0) is representable by a monotonic mix of per-agent values
+    payoff = torch.tensor([[10.0, 0.0, 2.0], [0.0, 4.0, 0.0], [2.0, 0.0, 3.0]])
+    torch.manual_seed(0)
+    cfg = QmixConfig(lr=5e-3, standardize_rewards=False, target_update=20, td_lambda=0.0)
+    learner = QLearner(obs_dim=1, state_dim=2, n_agents=2, n_actions=3, cfg=cfg)
+    gen = torch.Generator().manual_seed(0)
+    b = 64
+    obs, state = torch.ones(b, 2, 2, 1), torch.ones(b, 2, 2)
+    for _ in range(400):
+        actions = torch.randint(0, 3, (b, 1, 2), generator=gen)
+        batch = {
+            "obs": obs, "state": state, "actions": actions,
+            "last_actions": torch.zeros(b, 2, 2, dtype=torch.long),
+            "reward": payoff[actions[:, 0, 0], actions[:, 0, 1]][:, None],
+            "done": torch.ones(b, 1),
+        }  # fmt: skip
+        learner.train(batch, 0.0, 1.0)
+    qs = learner.unroll(learner.agent, obs[:1], torch.zeros(1, 2, 2, dtype=torch.long))[0, 0]
+    assert qs.argmax(1).tolist() == [0, 0]
+
+
+@pytest.fixture(scope="module")
+def env_parts():
+    torch.manual_seed(0)
+    data = load_data("digits", seed=0)
+    model = create("vgg16", width=0.125).eval()
+    return model, data
+
+
+def make_env(env_parts, **kw):
+    model, data = env_parts
+    return build_env(model, data, EnvConfig(reward_batches=1, calib_batches=2, **kw), seed=0)
+
+
+@pytest.mark.parametrize("target,round_to", [(0.4, 1), (0.2, 4), (0.1, 1)])
+def test_wall_always_meets_target(env_parts, target, round_to):
+    env = make_env(env_parts, target_flops=target, round_to=round_to)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        env.reset()
+        for _ in range(env.cfg.steps):
+            env.step(torch.randint(0, env.cfg.n_actions, (env.n_agents,), generator=gen))
+        counts = env.project(env.keep)
+        assert target * 0.99 <= env.cost.ratio(counts) <= target
+        assert all(counts[g] >= env.low[g] for g in env.groups)
+        if round_to > 1:
+            assert all(k % round_to == 0 or k == env.graph.group(g).channels
+                       for g, k in counts.items())  # fmt: skip
+
+
+def test_unreachable_target_is_refused_naming_groups(env_parts):
+    with pytest.raises(UserError, match=r"unreachable.*features\.\d+ \(floor"):
+        make_env(env_parts, target_flops=0.05, min_keep=0.5)
+
+
+def test_search_is_reproducible_and_resumable(env_parts, tmp_path):
+    cfg = SearchConfig(episodes=12, seed=3, checkpoint_every=4,
+                       qmix=QmixConfig(warmup=4, epsilon_anneal=6, batch_size=4))  # fmt: skip
+    full = search(make_env(env_parts), cfg, tmp_path / "a")
+    again = search(make_env(env_parts), cfg)
+    assert full.counts == again.counts and [e["reward"] for e in full.log] == [
+        e["reward"] for e in again.log
+    ]
+
+    class Stop(Exception):
+        pass
+
+    def kill_at_10(entry):
+        if entry["episode"] == 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        search(make_env(env_parts), cfg, tmp_path / "b", on_episode=kill_at_10)
+    resumed = search(make_env(env_parts), cfg, tmp_path / "b", resume=True)
+    assert resumed.counts == full.counts and resumed.reward == full.reward
+    assert [e["reward"] for e in resumed.log] == [e["reward"] for e in full.log]
+    lines = (tmp_path / "b" / "search_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["episode"] for x in lines] == list(range(1, 13))
+    with pytest.raises(UserError, match="another configuration"):
+        search(make_env(env_parts), SearchConfig(episodes=13, seed=3), tmp_path / "b", resume=True)
+
+
+def test_env_rejects_bad_config(env_parts):
+    with pytest.raises(UserError, match="target_flops"):
+        make_env(env_parts, target_flops=1.2)
+    assert isinstance(make_env(env_parts), PruningEnv)
