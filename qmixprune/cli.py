@@ -12,6 +12,8 @@ import warnings
 
 from . import __version__
 
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -39,6 +41,24 @@ def parser() -> argparse.ArgumentParser:
             help="allow loading a pickled nn.Module (runs code from the file)",
         )
 
+    def data_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data", default="digits", choices=DATASETS)
+        sp.add_argument("--data-dir", help="where the data set lies (or is downloaded to)")
+        sp.add_argument("--download", action="store_true", help="fetch CIFAR if missing")
+
+    def search_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="YAML or JSON file with any of the options")
+        sp.add_argument("--target-flops", type=float, help="fraction of the MACs to keep")
+        sp.add_argument("--episodes", type=int)
+        sp.add_argument("--max-evaluations", type=int, help="stop after this many plans scored")
+        sp.add_argument("--steps", type=int, help="pruning steps per episode")
+        sp.add_argument("--round-to", type=int, help="kept channels a multiple of this")
+        sp.add_argument("--min-channels", type=int, help="no group keeps fewer")
+        sp.add_argument("--seed", type=int)
+        sp.add_argument("--resume", action="store_true", help="continue an interrupted run")
+        sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+        sp.add_argument("--quiet", action="store_true", help="no progress display")
+
     a = sub.add_parser("analyze", help="show the channel groups of a model")
     model_args(a)
     c = sub.add_parser("count", help="MACs and parameters, per layer")
@@ -54,6 +74,11 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--round-to", type=int, default=8)
     pr.add_argument("--min-channels", type=int, default=1)
     pr.add_argument("-o", "--output", required=True, help="where to write the pruned model")
+    s = sub.add_parser("search", help="QMIX search for per-group channel counts")
+    model_args(s)
+    data_args(s)
+    search_args(s)
+    s.add_argument("-o", "--output", required=True, help="output folder")
     d = sub.add_parser("demo", help="train VGG-16 on the bundled digits, then compress it")
     d.add_argument("-o", "--output", default="qmixprune-demo")
     d.add_argument("--quick", action="store_true", help="fewer epochs and evaluations")
@@ -153,13 +178,51 @@ def _prune(args) -> int:
     return EXIT_OK
 
 
+def search_config(args):
+    """The search's config: defaults <- --config file <- flags given on the command line."""
+    from .config import build, merge, read_config
+    from .search import SearchConfig
+
+    flags = {
+        "episodes": args.episodes, "max_evaluations": args.max_evaluations, "seed": args.seed,
+        "env": {"target_flops": args.target_flops, "steps": args.steps,
+                "round_to": args.round_to, "min_channels": args.min_channels},
+    }  # fmt: skip
+    return build(SearchConfig, merge(read_config(args.config), flags))
+
+
+def _search(args) -> int:
+    from .data import load_data
+    from .pipeline import run_search
+    from .report import prepare_out
+
+    cfg = search_config(args)
+    cfg.env.validate()
+    out = prepare_out(args.output, args.overwrite, args.resume)
+    model, _ = _load(args)
+    data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
+    result = run_search(model, data, cfg, out, resume=args.resume, quiet=args.quiet)
+    if not args.quiet:
+        print(
+            f"best val reward {result.reward:.4f} at {result.macs_ratio:.4f} of the MACs after "
+            f"{result.evaluations} evaluations ({result.seconds:.0f} s); wrote {out}/"
+        )
+    return EXIT_OK
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(args)
 
 
-_COMMANDS = {"analyze": _analyze, "count": _count, "prune": _prune, "demo": _demo}
+_COMMANDS = {
+    "analyze": _analyze,
+    "count": _count,
+    "prune": _prune,
+    "search": _search,
+    "demo": _demo,
+}
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def cache_dir() -> Path:
 def digits_teacher(seed: int, epochs: int, log=print):
     """A VGG-16 (width 0.5) trained on digits, from the cache when it was trained before."""
     data = load_data("digits", seed=seed)
-    path = cache_dir() / f"vgg16-w0.5-digits-seed{seed}-e{epochs}.safetensors"
+    path = cache_dir() / f"vgg16-w0.5-digits-seed{seed}-e{epochs}-lr0.1.safetensors"
     if path.is_file():
         try:
             return serialize.load(path), data
