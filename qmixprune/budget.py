@@ -108,9 +108,12 @@ def uniform_counts(
 
 
 def floors(
-    cost: CostModel, groups: list[str], round_to: int = 1, min_channels: int = 1,
+    cost: CostModel,
+    groups: list[str],
+    round_to: int = 1,
+    min_channels: int = 1,
     min_keep: float = 0.0,
-) -> dict[str, int]:  # fmt: skip
+) -> dict[str, int]:
     """The fewest channels each group may keep: ``min_keep`` of it, ``min_channels``, and a
     multiple of ``round_to``."""
     out = {}

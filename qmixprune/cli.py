@@ -167,8 +167,9 @@ def _prune(args) -> int:
         if not 0 < args.target_flops < 1:
             raise UserError(f"--target-flops must be in (0, 1), got {args.target_flops}")
         names = [g.name for g in graph.prunable]
-        counts = uniform_counts(CostModel(model, graph, x), names, args.target_flops,
-                                args.round_to, args.min_channels)  # fmt: skip
+        counts = uniform_counts(
+            CostModel(model, graph, x), names, args.target_flops, args.round_to, args.min_channels
+        )
         plan = plan_for_counts(graph, counts, ranks(model, graph.prunable, args.importance))
     pruned = apply_plan(model, graph, plan)
     (m0, p0), (m1, p1) = count(model, x), count(pruned, x)
@@ -184,10 +185,16 @@ def search_config(args):
     from .search import SearchConfig
 
     flags = {
-        "episodes": args.episodes, "max_evaluations": args.max_evaluations, "seed": args.seed,
-        "env": {"target_flops": args.target_flops, "steps": args.steps,
-                "round_to": args.round_to, "min_channels": args.min_channels},
-    }  # fmt: skip
+        "episodes": args.episodes,
+        "max_evaluations": args.max_evaluations,
+        "seed": args.seed,
+        "env": {
+            "target_flops": args.target_flops,
+            "steps": args.steps,
+            "round_to": args.round_to,
+            "min_channels": args.min_channels,
+        },
+    }
     return build(SearchConfig, merge(read_config(args.config), flags))
 
 

@@ -42,8 +42,13 @@ def digits_teacher(seed: int, epochs: int, log=print):
     log(f"training VGG-16 (width 0.5) on digits for {epochs} epochs (cached at {path})")
     torch.manual_seed(seed)
     model = models.create("vgg16", num_classes=data.num_classes, width=0.5)
-    train(model, data.train, TrainConfig(epochs=epochs, lr=0.1, seed=seed), hflip=False,
-          on_epoch=lambda e, loss: log(f"  epoch {e + 1}/{epochs} loss {loss:.3f}"))  # fmt: skip
+    train(
+        model,
+        data.train,
+        TrainConfig(epochs=epochs, lr=0.1, seed=seed),
+        hflip=False,
+        on_epoch=lambda e, loss: log(f"  epoch {e + 1}/{epochs} loss {loss:.3f}"),
+    )
     serialize.save(model, path)
     return model, data
 
@@ -66,14 +71,18 @@ def run_demo(args) -> int:
     recalibrate_bn(student, loader(data.train, 64, shuffle=True, seed=args.seed))
     acc_recal = evaluate(student, data.val)
     epochs = 2 if args.quick else 4
-    log(f"pruned to {cost.ratio(counts):.3f} of the MACs; val acc after BN recalibration "
-        f"{acc_recal:.3f}; fine-tuning {epochs} epochs")  # fmt: skip
+    log(
+        f"pruned to {cost.ratio(counts):.3f} of the MACs; val acc after BN recalibration "
+        f"{acc_recal:.3f}; fine-tuning {epochs} epochs"
+    )
     train(student, data.train, TrainConfig(epochs=epochs, lr=0.01, seed=args.seed), hflip=False)
     report = _report(teacher, student, data, x, args, counts, time.time() - t0)
     _write_outputs(out, student, report)
     o, p = report["original"], report["pruned"]
-    log(f"MACs {o['macs']:,} -> {p['macs']:,} ({p['macs'] / o['macs']:.3f}); "
-        f"test acc {o['test_acc']:.4f} -> {p['test_acc']:.4f}; wrote {out}/")  # fmt: skip
+    log(
+        f"MACs {o['macs']:,} -> {p['macs']:,} ({p['macs'] / o['macs']:.3f}); "
+        f"test acc {o['test_acc']:.4f} -> {p['test_acc']:.4f}; wrote {out}/"
+    )
     return 0
 
 

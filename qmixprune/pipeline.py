@@ -22,8 +22,13 @@ def progress_bar(total: int, label: str, quiet: bool):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[info]}"))  # fmt: skip
+    cols = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
     with Progress(*cols, transient=False) as bar:
         task = bar.add_task(label, total=total, info="")
         yield lambda advance=1, text="": bar.update(task, advance=advance, info=text)

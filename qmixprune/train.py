@@ -17,8 +17,12 @@ def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **kw) -> 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataLoader | Dataset, max_batches: int | None = None,
-             batch_size: int = 256) -> float:  # fmt: skip
+def evaluate(
+    model: nn.Module,
+    data: DataLoader | Dataset,
+    max_batches: int | None = None,
+    batch_size: int = 256,
+) -> float:
     """Top-1 accuracy as a fraction, in eval mode (the model's mode is restored)."""
     if isinstance(data, Dataset):
         data = loader(data, batch_size, shuffle=False)

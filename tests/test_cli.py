@@ -57,8 +57,17 @@ def test_search_command_writes_outputs_and_resumes(tmp_path, capsys):
     out = tmp_path / "s"
     cfg = tmp_path / "c.yaml"
     cfg.write_text("episodes: 4\nenv:\n  reward_batches: 1\n  calib_batches: 1\n")
-    argv = ["search", str(model), "--config", str(cfg), "--target-flops", "0.5", "-o", str(out),
-            "--quiet"]  # fmt: skip
+    argv = [
+        "search",
+        str(model),
+        "--config",
+        str(cfg),
+        "--target-flops",
+        "0.5",
+        "-o",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert 0.495 <= plan["macs_ratio"] <= 0.5

@@ -34,8 +34,10 @@ def write_fake_cifar(root, name="cifar10", n=20):
         base, files, key, classes = root / "cifar-100-python", ["train", "test"], "fine_labels", 100
     base.mkdir(parents=True)
     for f in files:
-        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             key: rng.integers(0, classes, n).tolist()}  # fmt: skip
+        d = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            key: rng.integers(0, classes, n).tolist(),
+        }
         (base / f).write_bytes(pickle.dumps(d))
     return base
 

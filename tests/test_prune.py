@@ -81,9 +81,16 @@ def test_ratio_dict_and_rounding():
 
 @pytest.mark.parametrize(
     "c,r,round_to,floor,expected",
-    [(64, 0.5, 1, 1, 32), (161, 0.0, 1, 1, 161), (100, 0.6, 8, 1, 40), (10, 0.99, 8, 1, 8),
-     (10, 0.99, 1, 3, 3), (5, 0.2, 8, 1, 5), (323, 0.0, 8, 1, 323)],
-)  # fmt: skip
+    [
+        (64, 0.5, 1, 1, 32),
+        (161, 0.0, 1, 1, 161),
+        (100, 0.6, 8, 1, 40),
+        (10, 0.99, 8, 1, 8),
+        (10, 0.99, 1, 3, 3),
+        (5, 0.2, 8, 1, 5),
+        (323, 0.0, 8, 1, 323),
+    ],
+)
 def test_kept_count(c, r, round_to, floor, expected):
     assert kept_count(c, r, round_to, floor) == expected
 

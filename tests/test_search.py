@@ -40,11 +40,13 @@ def test_learner_solves_cooperative_matrix_game():
     for _ in range(400):
         actions = torch.randint(0, 3, (b, 1, 2), generator=gen)
         batch = {
-            "obs": obs, "state": state, "actions": actions,
+            "obs": obs,
+            "state": state,
+            "actions": actions,
             "last_actions": torch.zeros(b, 2, 2, dtype=torch.long),
             "reward": payoff[actions[:, 0, 0], actions[:, 0, 1]][:, None],
             "done": torch.ones(b, 1),
-        }  # fmt: skip
+        }
         learner.train(batch, 0.0, 1.0)
     qs = learner.unroll(learner.agent, obs[:1], torch.zeros(1, 2, 2, dtype=torch.long))[0, 0]
     assert qs.argmax(1).tolist() == [0, 0]
@@ -75,8 +77,9 @@ def test_wall_always_meets_target(env_parts, target, round_to):
         assert target * 0.99 <= env.cost.ratio(counts) <= target
         assert all(counts[g] >= env.low[g] for g in env.groups)
         if round_to > 1:
-            assert all(k % round_to == 0 or k == env.graph.group(g).channels
-                       for g, k in counts.items())  # fmt: skip
+            assert all(
+                k % round_to == 0 or k == env.graph.group(g).channels for g, k in counts.items()
+            )
 
 
 def test_unreachable_target_is_refused_naming_groups(env_parts):
@@ -85,8 +88,12 @@ def test_unreachable_target_is_refused_naming_groups(env_parts):
 
 
 def test_search_is_reproducible_and_resumable(env_parts, tmp_path):
-    cfg = SearchConfig(episodes=12, seed=3, checkpoint_every=4,
-                       qmix=QmixConfig(warmup=4, epsilon_anneal=6, batch_size=4))  # fmt: skip
+    cfg = SearchConfig(
+        episodes=12,
+        seed=3,
+        checkpoint_every=4,
+        qmix=QmixConfig(warmup=4, epsilon_anneal=6, batch_size=4),
+    )
     full = search(make_env(env_parts), cfg, tmp_path / "a")
     again = search(make_env(env_parts), cfg)
     assert full.counts == again.counts and [e["reward"] for e in full.log] == [

@@ -10,15 +10,22 @@ so everything else can still be pruned.
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .ops import (
+    BINARY_FUNCTIONS,
+    BINARY_METHODS,
+    PASS_FUNCTIONS,
+    PASS_METHODS,
+    PASS_MODULES,
+    REDUCE,
+    SHAPE_ONLY_METHODS,
+)
 from .trace import trace
 from .types import PRODUCER_KINDS, Graph, Group, Seg, Slot
 
@@ -30,32 +37,6 @@ class Layout:
     axis: int
     ndim: int
     segs: tuple[Seg, ...]
-
-
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-)  # fmt: skip
-_PASS_FUNCTIONS = {
-    torch.relu, torch.relu_, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish,
-    F.hardswish, F.hardsigmoid, F.hardtanh, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
-    F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d, torch.clone, operator.neg, torch.neg,
-}  # fmt: skip
-_PASS_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clone", "contiguous",
-    "float", "half", "to", "type_as", "neg", "detach",
-}  # fmt: skip
-_BINARY_FUNCTIONS = {
-    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-    operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
-}  # fmt: skip
-_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
-_REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
-_SHAPE_ONLY_METHODS = {"size", "dim"}
 
 
 def _tensor_meta(node: fx.Node):
@@ -174,7 +155,7 @@ class _Analyzer:
         out_shape = _shape(node)
         inputs = self.tensor_inputs(node)
         if out_shape is None:  # shape queries need nothing; tuples (split, ...) are opaque
-            if node.target in _SHAPE_ONLY_METHODS or node.target is getattr:
+            if node.target in SHAPE_ONLY_METHODS or node.target is getattr:
                 return None
             return self.unknown(node)
         if not inputs and node.op != "call_module":
@@ -183,15 +164,15 @@ class _Analyzer:
             return self.visit_module(node, self.modules[node.target], out_shape)
         target = node.target
         first = self.layout_of(node.args[0]) if node.args else None
-        if target in _PASS_FUNCTIONS or (node.op == "call_method" and target in _PASS_METHODS):
+        if target in PASS_FUNCTIONS or (node.op == "call_method" and target in PASS_METHODS):
             return self.passthrough(node, first, out_shape)
-        if target in _BINARY_FUNCTIONS or (node.op == "call_method" and target in _BINARY_METHODS):
+        if target in BINARY_FUNCTIONS or (node.op == "call_method" and target in BINARY_METHODS):
             return self.binary(node, out_shape)
         if target in (torch.flatten, "flatten", "view", "reshape"):
             return self.flatten(node, first, out_shape)
         if target is torch.cat:
             return self.cat(node, out_shape)
-        if target in _REDUCE:
+        if target in REDUCE:
             return self.reduce(node, first, out_shape)
         if getattr(target, "__name__", "") == "stochastic_depth":
             return self.passthrough(node, first, out_shape)
@@ -326,7 +307,7 @@ class _Analyzer:
             return inp
         if isinstance(mod, nn.Flatten):
             return self.flatten(node, inp, out_shape)
-        if isinstance(mod, _PASS_MODULES):
+        if isinstance(mod, PASS_MODULES):
             return self.passthrough(node, inp, out_shape)
         if not self.tensor_inputs(node):
             return None
@@ -359,8 +340,10 @@ class _Analyzer:
 
     # -- result ------------------------------------------------------------------------------
     def graph(self, input_shape: tuple[int, ...]) -> Graph:
-        slots = [Slot(s.module, s.kind, tuple(Seg(self.find(g.space), g.expand) for g in s.segs))
-                 for s in self.slots.values()]  # fmt: skip
+        slots = [
+            Slot(s.module, s.kind, tuple(Seg(self.find(g.space), g.expand) for g in s.segs))
+            for s in self.slots.values()
+        ]
         members: dict[int, list[Slot]] = {}
         for slot in slots:
             for seg in slot.segs:

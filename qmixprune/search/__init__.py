@@ -6,6 +6,13 @@ from .mixer import QMixer
 from .runner import SearchConfig, SearchResult, search
 
 __all__ = [
-    "EnvConfig", "PruningEnv", "QLearner", "QMixer", "QmixConfig", "SearchConfig",
-    "SearchResult", "build_env", "search",
-]  # fmt: skip
+    "EnvConfig",
+    "PruningEnv",
+    "QLearner",
+    "QMixer",
+    "QmixConfig",
+    "SearchConfig",
+    "SearchResult",
+    "build_env",
+    "search",
+]

@@ -26,8 +26,7 @@ class BaselineResult:
 def uniform(env: PruningEnv, budget: int = 1, seed: int = 0) -> BaselineResult:
     """Every group loses the same fraction of its channels."""
     cfg = env.cfg
-    counts = uniform_counts(env.cost, env.groups, cfg.target_flops, cfg.round_to,
-                            cfg.min_channels)  # fmt: skip
+    counts = uniform_counts(env.cost, env.groups, cfg.target_flops, cfg.round_to, cfg.min_channels)
     counts = {g: max(k, env.low[g]) for g, k in counts.items()}
     return BaselineResult(counts, env.evaluate(counts), 1)
 
@@ -67,9 +66,13 @@ def random_search(env: PruningEnv, budget: int = 200, seed: int = 0) -> Baseline
 
 
 def evolutionary(
-    env: PruningEnv, budget: int = 200, seed: int = 0, mu: int = 8, lam: int = 16,
+    env: PruningEnv,
+    budget: int = 200,
+    seed: int = 0,
+    mu: int = 8,
+    lam: int = 16,
     sigma: float = 0.15,
-) -> BaselineResult:  # fmt: skip
+) -> BaselineResult:
     """(mu + lambda) evolution of keep-fraction vectors with Gaussian mutation, each child
     rescaled onto the target by the budget wall."""
     gen = torch.Generator().manual_seed(seed)

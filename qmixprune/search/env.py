@@ -96,28 +96,34 @@ class PruningEnv:
             scores = crit(self.model, group).float()
             scores = scores / scores.sum().clamp_min(1e-12)
             half = scores.sort().values[: len(scores) // 2].sum()
-            params = sum(modules[mod].weight.numel() for mod in group.modules
-                         if getattr(modules[mod], "weight", None) is not None)  # fmt: skip
-            feats.append([
-                i / max(1, self.n_agents - 1),
-                math.log2(getattr(m, "in_channels", getattr(m, "in_features", 1))) / 12,
-                math.log2(group.channels) / 12,
-                getattr(m, "kernel_size", (1,))[0] / 7,
-                getattr(m, "stride", (1,))[0] / 2,
-                math.log2(side + 1) / 8,
-                macs[name] / self.cost.total,
-                params / total_params,
-                float(scores.std() * group.channels),  # spread of importance
-                float(half),  # importance mass of the weaker half
-                self.low[name] / group.channels,
-            ])  # fmt: skip
+            params = sum(
+                modules[mod].weight.numel()
+                for mod in group.modules
+                if getattr(modules[mod], "weight", None) is not None
+            )
+            feats.append(
+                [
+                    i / max(1, self.n_agents - 1),
+                    math.log2(getattr(m, "in_channels", getattr(m, "in_features", 1))) / 12,
+                    math.log2(group.channels) / 12,
+                    getattr(m, "kernel_size", (1,))[0] / 7,
+                    getattr(m, "stride", (1,))[0] / 2,
+                    math.log2(side + 1) / 8,
+                    macs[name] / self.cost.total,
+                    params / total_params,
+                    float(scores.std() * group.channels),  # spread of importance
+                    float(half),  # importance mass of the weaker half
+                    self.low[name] / group.channels,
+                ]
+            )
         return torch.tensor(feats, dtype=torch.float32)
 
     def observe(self, keep: torch.Tensor, last: torch.Tensor, t: int):
         """Per-agent observations ``[N, obs_dim]`` and the global state ``[state_dim]``."""
         ratio = self.cost.ratio(self._counts(keep))
-        glob = torch.tensor([t / self.cfg.steps, ratio, self.cfg.target_flops,
-                             ratio - self.cfg.target_flops])  # fmt: skip
+        glob = torch.tensor(
+            [t / self.cfg.steps, ratio, self.cfg.target_flops, ratio - self.cfg.target_flops]
+        )
         left = torch.full_like(keep, (self.cfg.steps - t) / self.cfg.steps)
         own = torch.stack([keep, last.float() / (self.cfg.n_actions - 1), left], 1)
         obs = torch.cat([self.static, own, glob.expand(self.n_agents, -1)], 1)
@@ -157,8 +163,9 @@ class PruningEnv:
     def project(self, keep: torch.Tensor) -> dict[str, int]:
         """The budget wall applied to keep fractions: integer channel counts on target."""
         proposal = {g: float(k) for g, k in zip(self.groups, keep)}
-        return fit_to_budget(self.cost, proposal, self.low, self.cfg.target_flops,
-                             self.cfg.round_to)  # fmt: skip
+        return fit_to_budget(
+            self.cost, proposal, self.low, self.cfg.target_flops, self.cfg.round_to
+        )
 
     # -- reward --------------------------------------------------------------------------
     @torch.no_grad()

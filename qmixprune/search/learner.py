@@ -44,8 +44,9 @@ class QmixConfig:
 
 
 class QLearner:
-    def __init__(self, obs_dim: int, state_dim: int, n_agents: int, n_actions: int,
-                 cfg: QmixConfig) -> None:  # fmt: skip
+    def __init__(
+        self, obs_dim: int, state_dim: int, n_agents: int, n_actions: int, cfg: QmixConfig
+    ) -> None:
         self.cfg, self.n_agents, self.n_actions = cfg, n_agents, n_actions
         self.agent = RNNAgent(obs_dim + n_agents + n_actions, n_actions, cfg.hidden)
         self.mixer = QMixer(n_agents, state_dim, cfg.embed_dim)
@@ -94,8 +95,9 @@ class QLearner:
         loss = ((q_tot - targets) ** 2).mean()
         self.opt.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_([*self.agent.parameters(), *self.mixer.parameters()],
-                                 cfg.grad_clip)  # fmt: skip
+        nn.utils.clip_grad_norm_(
+            [*self.agent.parameters(), *self.mixer.parameters()], cfg.grad_clip
+        )
         self.opt.step()
         self.updates += 1
         if self.updates % cfg.target_update == 0:
@@ -120,11 +122,13 @@ class QLearner:
 
     def state_dict(self) -> dict:
         return {
-            "agent": self.agent.state_dict(), "mixer": self.mixer.state_dict(),
+            "agent": self.agent.state_dict(),
+            "mixer": self.mixer.state_dict(),
             "target_agent": self.target_agent.state_dict(),
             "target_mixer": self.target_mixer.state_dict(),
-            "opt": self.opt.state_dict(), "updates": self.updates,
-        }  # fmt: skip
+            "opt": self.opt.state_dict(),
+            "updates": self.updates,
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         self.agent.load_state_dict(sd["agent"])

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 
 class QMixer(nn.Module):
-    def __init__(self, n_agents: int, state_dim: int, embed_dim: int = 32,
-                 hypernet_dim: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self, n_agents: int, state_dim: int, embed_dim: int = 32, hypernet_dim: int = 64
+    ) -> None:
         super().__init__()
         self.n_agents, self.embed_dim = n_agents, embed_dim
         self.hyper_w1 = nn.Sequential(

@@ -51,8 +51,9 @@ class _Run:
     def __init__(self, env: PruningEnv, cfg: SearchConfig) -> None:
         self.env, self.cfg = env, cfg
         torch.manual_seed(cfg.seed)
-        self.learner = QLearner(env.obs_dim, env.state_dim, env.n_agents, env.cfg.n_actions,
-                                cfg.qmix)  # fmt: skip
+        self.learner = QLearner(
+            env.obs_dim, env.state_dim, env.n_agents, env.cfg.n_actions, cfg.qmix
+        )
         self.buffer = EpisodeBuffer(cfg.qmix.buffer_size)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.episode = 0
@@ -62,17 +63,25 @@ class _Run:
 
     def state_dict(self) -> dict:
         return {
-            "learner": self.learner.state_dict(), "buffer": self.buffer.state_dict(),
-            "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "episode": self.episode, "log": json.dumps(self.log), "seconds": self.seconds,
-            "best": json.dumps(self.best), "cache": json.dumps(list(self.env.cache.items())),
-            "evaluations": self.env.evaluations, "config": json.dumps(asdict(self.cfg)),
-        }  # fmt: skip
+            "learner": self.learner.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "episode": self.episode,
+            "log": json.dumps(self.log),
+            "seconds": self.seconds,
+            "best": json.dumps(self.best),
+            "cache": json.dumps(list(self.env.cache.items())),
+            "evaluations": self.env.evaluations,
+            "config": json.dumps(asdict(self.cfg)),
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         if json.loads(sd["config"]) != json.loads(json.dumps(asdict(self.cfg))):
-            raise UserError("the checkpoint was made with another configuration: "
-                            "resume with the same options, or start afresh")  # fmt: skip
+            raise UserError(
+                "the checkpoint was made with another configuration: "
+                "resume with the same options, or start afresh"
+            )
         self.learner.load_state_dict(sd["learner"])
         self.buffer.load_state_dict(sd["buffer"])
         self.gen.set_state(sd["gen"])
@@ -102,8 +111,14 @@ class _Run:
         obs, state = env.reset()
         last = torch.zeros(env.n_agents, dtype=torch.long)
         h = self.learner.agent.init_hidden(env.n_agents)
-        ep = {"obs": [obs], "state": [state], "actions": [], "last_actions": [last],
-              "reward": [], "done": []}  # fmt: skip
+        ep = {
+            "obs": [obs],
+            "state": [state],
+            "actions": [],
+            "last_actions": [last],
+            "reward": [],
+            "done": [],
+        }
         from .agent import agent_inputs
 
         for t in range(steps):
@@ -111,8 +126,14 @@ class _Run:
                 q, h = self.learner.agent(agent_inputs(obs, last, env.cfg.n_actions), h)
             actions = self.act(q, eps, t)
             obs, state, reward, done = env.step(actions)
-            step = {"obs": obs, "state": state, "actions": actions, "last_actions": actions,
-                    "reward": reward, "done": float(done)}  # fmt: skip
+            step = {
+                "obs": obs,
+                "state": state,
+                "actions": actions,
+                "last_actions": actions,
+                "reward": reward,
+                "done": float(done),
+            }
             for k, v in step.items():
                 ep[k].append(torch.as_tensor(v))
             last = actions
@@ -158,14 +179,23 @@ def search(
         if run.episode >= q.warmup and len(run.buffer) >= 2:
             rewards = run.buffer.rewards()[:, -1]
             mean, std = float(rewards.mean()), float(rewards.std()) if len(rewards) > 1 else 1.0
-            losses = [run.learner.train(run.buffer.sample(q.batch_size, run.gen), mean, std)
-                      for _ in range(q.updates_per_episode)]  # fmt: skip
+            losses = [
+                run.learner.train(run.buffer.sample(q.batch_size, run.gen), mean, std)
+                for _ in range(q.updates_per_episode)
+            ]
             loss = sum(losses) / len(losses)
         run.episode += 1
         run.seconds = time.perf_counter() - start
-        entry = {"episode": run.episode, "reward": reward, "best": run.best[0],
-                 "macs": env.cost.ratio(counts), "epsilon": eps, "loss": loss,
-                 "evaluations": env.evaluations, "seconds": round(run.seconds, 2)}  # fmt: skip
+        entry = {
+            "episode": run.episode,
+            "reward": reward,
+            "best": run.best[0],
+            "macs": env.cost.ratio(counts),
+            "epsilon": eps,
+            "loss": loss,
+            "evaluations": env.evaluations,
+            "seconds": round(run.seconds, 2),
+        }
         run.log.append(entry)
         if ckpt is not None:
             with open(ckpt.parent / "search_log.jsonl", "a") as f:
@@ -177,5 +207,12 @@ def search(
         if on_episode is not None:
             on_episode(entry)
     best_reward, best_counts, _ = run.best
-    return SearchResult(best_counts, best_reward, env.cost.ratio(best_counts), env.evaluations,
-                        run.episode, run.seconds, run.log)  # fmt: skip
+    return SearchResult(
+        best_counts,
+        best_reward,
+        env.cost.ratio(best_counts),
+        env.evaluations,
+        run.episode,
+        run.seconds,
+        run.log,
+    )

@@ -1,0 +1,199 @@
+"""Latency of ONNX models with ONNX Runtime, on the device this runs on.
+
+Needs only numpy and onnxruntime (no torch), so it runs on an edge device:
+``python -m qmixprune.bench a.onnx b.onnx --batch 1,32``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def device_info(provider: str = "cpu") -> dict:
+    """What the numbers were measured on."""
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        q = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        gpu = subprocess.run(q, capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "provider": provider,
+        "onnxruntime": ort.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def session(path: str | Path, provider: str = "cpu", threads: int | None = None):
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise UserError(f"unknown provider {provider!r}; choose one of {list(PROVIDERS)}")
+    name = PROVIDERS[provider]
+    if name not in ort.get_available_providers():
+        hint = {
+            "cuda": "pip install onnxruntime-gpu (with CUDA and cuDNN)",
+            "tensorrt": "onnxruntime-gpu built with TensorRT, or JetPack on a Jetson",
+        }
+        raise UserError(
+            f"ONNX Runtime here has no {name} ({hint.get(provider, '')}); "
+            f"available: {ort.get_available_providers()}"
+        )
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ONNX file {path} does not exist")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), opts, providers=[name])
+    except Exception as exc:
+        raise UserError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
+
+
+def _feed(sess, batch: int, seed: int = 0) -> dict:
+    """A random input of the model's shape at ``batch``."""
+    inp = sess.get_inputs()[0]
+    if isinstance(inp.shape[0], int) and inp.shape[0] != batch:
+        raise UserError(
+            f"the model has a fixed batch of {inp.shape[0]}; export it with "
+            f"--dynamic-batch to time batch {batch}"
+        )
+    shape = [batch, *inp.shape[1:]]
+    if any(not isinstance(d, int) for d in shape):
+        raise UserError(f"input shape {inp.shape} has free dimensions other than the batch")
+    dtype = np.float16 if "float16" in inp.type else np.float32
+    return {inp.name: np.random.default_rng(seed).standard_normal(shape).astype(dtype)}
+
+
+def _stats(times: np.ndarray, batch: int) -> dict:
+    ms = times * 1e3
+    return {
+        "batch": batch,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput": float(batch / np.median(times)),
+    }
+
+
+def bench(
+    models: list[str],
+    batches=(1, 32),
+    provider="cpu",
+    threads=None,
+    runs=200,
+    warmup=20,
+    block: int = 10,
+) -> dict:
+    """Time every model at every batch; each row's speed-up is over the first model's p50.
+
+    The models take turns in blocks of ``block`` runs, so machine noise hits them alike."""
+    sessions = [session(m, provider, threads) for m in models]
+    results = []
+    for b in batches:
+        feeds = [_feed(s, b) for s in sessions]
+        for s, f in zip(sessions, feeds):
+            for _ in range(warmup):
+                s.run(None, f)
+        times = [[] for _ in sessions]
+        done = 0
+        while done < runs:
+            n = min(block, runs - done)
+            for i, (s, f) in enumerate(zip(sessions, feeds)):
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    s.run(None, f)
+                    times[i].append(time.perf_counter() - t0)
+            done += n
+        rows = [{"model": str(m), **_stats(np.array(t), b)} for m, t in zip(models, times)]
+        for row in rows:
+            row["speedup"] = rows[0]["p50_ms"] / row["p50_ms"]
+        results += rows
+    return {"device": device_info(provider), "threads": threads, "runs": runs, "results": results}
+
+
+def format_results(report: dict) -> str:
+    lines = [
+        f"{'model':<40} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'img/s':>9} {'speed-up':>8}"
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"{Path(r['model']).name[:40]:<40} {r['batch']:>5} {r['p50_ms']:>9.3f} "
+            f"{r['p90_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['throughput']:>9.1f} "
+            f"{r['speedup']:>7.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", help="ONNX files; speed-ups are over the first")
+    p.add_argument("--provider", default="cpu", choices=list(PROVIDERS))
+    p.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--json", help="write the results here too")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        batches = [int(b) for b in str(args.batch).split(",") if b]
+    except ValueError:
+        raise UserError(f"--batch takes comma-separated integers, got {args.batch!r}") from None
+    if not batches or min(batches) < 1 or args.runs < 1:
+        raise UserError("--batch sizes and --runs must be >= 1")
+    report = bench(args.models, batches, args.provider, args.threads, args.runs, args.warmup)
+    print(format_results(report))
+    if args.json:
+        tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m qmixprune.bench", description=__doc__)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"qmixprune bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

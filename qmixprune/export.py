@@ -1,0 +1,107 @@
+"""ONNX export with a checker pass and an automatic ONNX Runtime parity check."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+
+PARITY_TOLERANCE = 1e-4  # max |ORT - PyTorch| allowed in fp32
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    max_abs_diff: float
+    opset: int
+    fp16: bool
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example_input: torch.Tensor,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    fp16: bool = False,
+    check_inputs: list[torch.Tensor] | None = None,
+) -> ExportResult:
+    """Export ``model`` to ``path`` (atomically), validate it with onnx.checker and compare
+    ONNX Runtime's outputs with PyTorch's on random and given inputs."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise UserError(
+            "ONNX export needs `pip install qmixprune[deploy]` (onnx, onnxruntime)"
+        ) from exc
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+            torch.onnx.export(
+                model,
+                (example_input,),
+                tmp,
+                opset_version=opset,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}
+                if dynamic_batch
+                else None,
+            )
+        proto = onnx.load(tmp)
+        if fp16:
+            proto = _to_fp16(proto)
+            onnx.save(proto, tmp)
+        onnx.checker.check_model(proto)
+        inputs = [torch.randn_like(example_input)] + list(check_inputs or [])
+        diffs = [_max_diff(model, tmp, x, fp16) for x in inputs]
+        diff = max(d for d, _ in diffs)
+        # absolute for outputs of order 1; relative for untrained nets with huge logits
+        tol = (1e-2 if fp16 else PARITY_TOLERANCE) * max(1.0, max(s for _, s in diffs))
+        if diff > tol:
+            raise UserError(f"ONNX Runtime disagrees with PyTorch by {diff:.2e} (> {tol:g})")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return ExportResult(path, diff, opset, fp16)
+
+
+def _to_fp16(proto):
+    """Cast float32 initialisers and I/O to float16 (weights only; ops follow their inputs)."""
+    from onnx import TensorProto, numpy_helper
+
+    for init in proto.graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            init.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
+            )
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    return proto
+
+
+def _max_diff(model: nn.Module, onnx_path: str, x: torch.Tensor, fp16: bool):
+    """(max |ORT - PyTorch|, max |PyTorch|) on input ``x``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    feed = x.numpy().astype(np.float16 if fp16 else np.float32)
+    got = sess.run(None, {sess.get_inputs()[0].name: feed})[0].astype(np.float64)
+    with torch.no_grad():
+        want = model(x).double().numpy()
+    return float(np.abs(got - want).max()), float(np.abs(want).max())
