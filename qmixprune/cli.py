@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from . import __version__
+from .errors import UserError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 
@@ -79,6 +80,22 @@ def parser() -> argparse.ArgumentParser:
     data_args(s)
     search_args(s)
     s.add_argument("-o", "--output", required=True, help="output folder")
+    cp = sub.add_parser("compress", help="search, prune, distil, export and report")
+    model_args(cp)
+    data_args(cp)
+    search_args(cp)
+    cp.add_argument("--epochs", type=int, help="distillation epochs")
+    cp.add_argument("--no-export", action="store_true", help="skip ONNX export and latency")
+    cp.add_argument("-o", "--output", required=True, help="output folder")
+    ex = sub.add_parser("export", help="export a model to ONNX (checked against PyTorch)")
+    model_args(ex)
+    ex.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--dynamic-batch", action="store_true", help="a free batch dimension")
+    ex.add_argument("--fp16", action="store_true", help="float16 weights and I/O")
+    from .bench import add_arguments as bench_arguments
+
+    bench_arguments(sub.add_parser("bench", help="ONNX Runtime latency of ONNX models"))
     d = sub.add_parser("demo", help="train VGG-16 on the bundled digits, then compress it")
     d.add_argument("-o", "--output", default="qmixprune-demo")
     d.add_argument("--quick", action="store_true", help="fewer epochs and evaluations")
@@ -90,8 +107,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import UserError
-
     args = parser().parse_args(argv)
     if args.command is None:
         parser().print_help()
@@ -217,6 +232,62 @@ def _search(args) -> int:
     return EXIT_OK
 
 
+def compress_config(args):
+    """compress's config: defaults <- --config file <- flags given on the command line."""
+    from .config import build, merge, read_config
+    from .pipeline import CompressConfig
+
+    flags = {
+        "target_flops": args.target_flops,
+        "seed": args.seed,
+        "export": False if args.no_export else None,
+        "search": {
+            "episodes": args.episodes,
+            "max_evaluations": args.max_evaluations,
+            "env": {
+                "steps": args.steps,
+                "round_to": args.round_to,
+                "min_channels": args.min_channels,
+            },
+        },
+        "distill": {"epochs": args.epochs},
+    }
+    return build(CompressConfig, merge(read_config(args.config), flags))
+
+
+def _compress(args) -> int:
+    from .data import load_data
+    from .pipeline import compress
+    from .report import prepare_out
+
+    cfg = compress_config(args)
+    if not 0 < cfg.target_flops < 1:
+        raise UserError(f"--target-flops must be in (0, 1), got {cfg.target_flops}")
+    out = prepare_out(args.output, args.overwrite, args.resume)
+    model, _ = _load(args)
+    data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
+    compress(model, data, config=cfg, out=out, resume=args.resume, quiet=args.quiet)
+    return EXIT_OK
+
+
+def _export(args) -> int:
+    from .export import export_onnx
+
+    model, x = _load(args)
+    res = export_onnx(model, args.output, x, args.opset, args.dynamic_batch, args.fp16)
+    print(
+        f"wrote {res.path} (opset {res.opset}; ONNX Runtime vs PyTorch max |diff| "
+        f"{res.max_abs_diff:.2e})"
+    )
+    return EXIT_OK
+
+
+def _bench(args) -> int:
+    from .bench import run
+
+    return run(args)
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -228,6 +299,9 @@ _COMMANDS = {
     "count": _count,
     "prune": _prune,
     "search": _search,
+    "compress": _compress,
+    "export": _export,
+    "bench": _bench,
     "demo": _demo,
 }
 

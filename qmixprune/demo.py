@@ -1,29 +1,25 @@
 """``qmixprune demo``: the embedded default job, with no model and no data to supply.
 
 Trains a CIFAR VGG-16 (width 0.5) on scikit-learn's bundled digits (cached after the
-first run), prunes it to the FLOPs target, recalibrates BatchNorm, fine-tunes briefly and
-writes the pruned model and a report.
+first run), then compresses it: QMIX search to the FLOPs target, pruning, distillation, ONNX
+export, latency benchmark and report.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import time
 from pathlib import Path
 
 import torch
 
-from . import __version__, models, serialize
-from .budget import CostModel, uniform_counts
+from . import models, serialize
 from .data import load_data
+from .distill import DistillConfig
 from .errors import UserError
-from .flops import count
-from .graph import analyze
-from .importance import ranks
-from .pruning import apply_plan, plan_for_counts
-from .train import TrainConfig, evaluate, loader, recalibrate_bn, train
+from .pipeline import CompressConfig, compress
+from .report import prepare_out
+from .search import EnvConfig, QmixConfig, SearchConfig
+from .train import TrainConfig, train
 
 
 def cache_dir() -> Path:
@@ -33,7 +29,7 @@ def cache_dir() -> Path:
 def digits_teacher(seed: int, epochs: int, log=print):
     """A VGG-16 (width 0.5) trained on digits, from the cache when it was trained before."""
     data = load_data("digits", seed=seed)
-    path = cache_dir() / f"vgg16-w0.5-digits-seed{seed}-e{epochs}-lr0.1.safetensors"
+    path = cache_dir() / f"vgg16-w0.5-digits-seed{seed}-e{epochs}-lr0.05.safetensors"
     if path.is_file():
         try:
             return serialize.load(path), data
@@ -45,7 +41,7 @@ def digits_teacher(seed: int, epochs: int, log=print):
     train(
         model,
         data.train,
-        TrainConfig(epochs=epochs, lr=0.1, seed=seed),
+        TrainConfig(epochs=epochs, lr=0.05, seed=seed),
         hflip=False,
         on_epoch=lambda e, loss: log(f"  epoch {e + 1}/{epochs} loss {loss:.3f}"),
     )
@@ -53,60 +49,35 @@ def digits_teacher(seed: int, epochs: int, log=print):
     return model, data
 
 
+def demo_config(quick: bool, target_flops: float, seed: int) -> CompressConfig:
+    """Settings sized for 2 CPU cores: about 3 minutes with ``quick``, 10 without."""
+    search = SearchConfig(
+        episodes=40 if quick else 150,
+        env=EnvConfig(round_to=8, reward_batches=2),
+        qmix=QmixConfig(warmup=8 if quick else 10, epsilon_anneal=20 if quick else 60),
+    )
+    distill = DistillConfig(epochs=4 if quick else 12, lr=0.02)
+    return CompressConfig(
+        target_flops=target_flops,
+        seed=seed,
+        search=search,
+        distill=distill,
+        bench_runs=20 if quick else 50,
+    )
+
+
 def run_demo(args) -> int:
-    log = (lambda *a: None) if args.quiet else print
     if not 0 < args.target_flops < 1:
         raise UserError(f"--target-flops must be in (0, 1), got {args.target_flops}")
-    out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"{out} exists and is not empty: pass --overwrite or choose another -o")
-    t0 = time.time()
-    teacher, data = digits_teacher(args.seed, epochs=3 if args.quick else 6, log=log)
-    x = torch.zeros(1, *data.input_shape)
-    graph = analyze(teacher, x)
-    cost = CostModel(teacher, graph, x)
-    counts = uniform_counts(cost, [g.name for g in graph.prunable], args.target_flops, round_to=8)
-    plan = plan_for_counts(graph, counts, ranks(teacher, graph.prunable, "l1"))
-    student = apply_plan(teacher, graph, plan)
-    recalibrate_bn(student, loader(data.train, 64, shuffle=True, seed=args.seed))
-    acc_recal = evaluate(student, data.val)
-    epochs = 2 if args.quick else 4
-    log(
-        f"pruned to {cost.ratio(counts):.3f} of the MACs; val acc after BN recalibration "
-        f"{acc_recal:.3f}; fine-tuning {epochs} epochs"
+    out = prepare_out(args.output, args.overwrite, resume=False)
+    log = (lambda *a: None) if args.quiet else print
+    teacher, data = digits_teacher(args.seed, epochs=6 if args.quick else 10, log=log)
+    compress(
+        teacher,
+        data,
+        config=demo_config(args.quick, args.target_flops, args.seed),
+        out=out,
+        quiet=args.quiet,
     )
-    train(student, data.train, TrainConfig(epochs=epochs, lr=0.01, seed=args.seed), hflip=False)
-    report = _report(teacher, student, data, x, args, counts, time.time() - t0)
-    _write_outputs(out, student, report)
-    o, p = report["original"], report["pruned"]
-    log(
-        f"MACs {o['macs']:,} -> {p['macs']:,} ({p['macs'] / o['macs']:.3f}); "
-        f"test acc {o['test_acc']:.4f} -> {p['test_acc']:.4f}; wrote {out}/"
-    )
+    log(f"wrote {out}/ (report.md, report.json, model.safetensors, model.onnx, plots)")
     return 0
-
-
-def _report(teacher, student, data, x, args, counts, seconds) -> dict:
-    (m0, p0), (m1, p1) = count(teacher, x), count(student, x)
-    return {
-        "target_flops": args.target_flops,
-        "method": "uniform-l1 (demo)",
-        "original": {"macs": m0, "params": p0, "test_acc": evaluate(teacher, data.test)},
-        "pruned": {"macs": m1, "params": p1, "test_acc": evaluate(student, data.test)},
-        "channels": counts,
-        "seed": args.seed,
-        "seconds": round(seconds, 1),
-        "versions": {"qmixprune": __version__, "torch": torch.__version__},
-    }
-
-
-def _write_outputs(out: Path, model, report: dict) -> None:
-    """Write into a temporary sibling folder, then swap it in: never half a result."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    serialize.save(model, tmp / "model.safetensors")
-    (tmp / "report.json").write_text(json.dumps(report, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)

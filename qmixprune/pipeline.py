@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
+from .bench import bench
 from .config import as_dict
 from .data import DataSplits
-from .pruning import plan_for_counts
-from .report import plan_json, plot_rewards, write_json
+from .distill import DistillConfig, distill
+from .errors import UserError
+from .export import export_onnx
+from .flops import count
+from .graph import analyze
+from .importance import ranks
+from .pruning import apply_plan, plan_for_counts
+from .report import markdown_report, plan_json, plot_channels, plot_curve, plot_rewards, write_json
 from .search import SearchConfig, SearchResult, build_env, search
+from .serialize import atomic_write_bytes, save
+from .train import evaluate, loader, recalibrate_bn
 
 
 @contextlib.contextmanager
@@ -65,3 +77,166 @@ def run_search(
         write_json(out / "plan.json", doc)
         plot_rewards(result.log, out / "reward_curve.png")
     return result
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Every option of ``compress``; ``target_flops`` and ``seed`` override the stages'."""
+
+    target_flops: float = 0.4
+    seed: int = 0
+    importance: str = "l1"
+    search: SearchConfig = field(default_factory=SearchConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    export: bool = True
+    bench_runs: int = 50
+
+    def resolved(self) -> CompressConfig:
+        """The config with the top-level target, seed and importance pushed into the stages."""
+        env = replace(self.search.env, target_flops=self.target_flops, importance=self.importance)
+        search_cfg = replace(self.search, seed=self.seed, env=env)
+        return replace(self, search=search_cfg, distill=replace(self.distill, seed=self.seed))
+
+
+@dataclass
+class Result:
+    """What ``compress`` made; the same fields as ``report.json``."""
+
+    target_flops: float
+    original: dict
+    pruned: dict
+    channels: dict
+    search: dict
+    finetune: list
+    latency: dict | None
+    seed: int
+    versions: dict
+    model: nn.Module | None = None
+    out: Path | None = None
+
+    def report(self) -> dict:
+        skip = {"model", "out"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+def compress(
+    model: nn.Module,
+    data: DataSplits,
+    target_flops: float | None = None,
+    config: CompressConfig | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+) -> Result:
+    """Search a per-group plan with QMIX, prune, distil from the original, evaluate, and
+    (with ``out``) save, export to ONNX, benchmark and report."""
+    cfg = config or CompressConfig()
+    if target_flops is not None:
+        cfg = replace(cfg, target_flops=target_flops)
+    if not 0.0 < cfg.target_flops < 1.0:
+        raise UserError(f"target_flops must be in (0, 1), got {cfg.target_flops}")
+    cfg = cfg.resolved()
+    log = (lambda *a: None) if quiet else print
+    out = Path(out) if out is not None else None
+    if out is not None:
+        write_json(out / "config.json", as_dict(cfg))
+    teacher = model.eval()
+    x = torch.zeros(1, *data.input_shape)
+    (macs0, params0), acc0 = count(teacher, x), evaluate(teacher, data.test)
+    log(f"original: {macs0:,} MACs, {params0:,} params, test acc {acc0:.4f}")
+
+    found = run_search(teacher, data, cfg.search, out, resume=resume, quiet=quiet)
+    graph = analyze(teacher, x)
+    plan = plan_for_counts(graph, found.counts, ranks(teacher, graph.prunable, cfg.importance))
+    student = apply_plan(teacher, graph, plan)
+    recalibrate_bn(student, loader(data.train, cfg.distill.batch_size, True, cfg.seed))
+    log(
+        f"search: best val reward {found.reward:.4f} at {found.macs_ratio:.4f} of the MACs; "
+        f"distilling {cfg.distill.epochs} epochs"
+    )
+
+    with progress_bar(cfg.distill.epochs, "distill", quiet) as update:
+        student, history = distill(
+            student,
+            teacher,
+            data,
+            cfg.distill,
+            out,
+            resume,
+            on_epoch=lambda e: update(1, f"val {e['val_acc']:.4f}"),
+        )
+    (macs1, params1), acc1 = count(student, x), evaluate(student, data.test)
+    result = Result(
+        target_flops=cfg.target_flops,
+        original={"macs": macs0, "params": params0, "test_acc": acc0},
+        pruned={"macs": macs1, "params": params1, "test_acc": acc1},
+        channels={
+            g.name: {"before": g.channels, "after": found.counts.get(g.name, g.channels)}
+            for g in graph.prunable
+        },
+        search={
+            "reward": found.reward,
+            "macs_ratio": found.macs_ratio,
+            "evaluations": found.evaluations,
+            "episodes": found.episodes,
+            "seconds": round(found.seconds, 1),
+        },
+        finetune=history,
+        latency=None,
+        seed=cfg.seed,
+        versions=_versions(),
+        model=student,
+    )
+    if out is not None:
+        _write_outputs(result, teacher, cfg, out, x, found, log)
+    log(
+        f"pruned: {macs1:,} MACs ({macs1 / macs0:.3f}), {params1:,} params, "
+        f"test acc {acc1:.4f} ({acc1 - acc0:+.4f})"
+    )
+    return result
+
+
+def _write_outputs(result: Result, teacher, cfg: CompressConfig, out: Path, x, found, log):
+    save(result.model, out / "model.safetensors")
+    if cfg.export:
+        try:
+            export_onnx(result.model, out / "model.onnx", x)
+            with tempfile.TemporaryDirectory() as tmp:
+                export_onnx(teacher, Path(tmp) / "original.onnx", x)
+                report = bench(
+                    [str(Path(tmp) / "original.onnx"), str(out / "model.onnx")],
+                    (1, 32),
+                    runs=cfg.bench_runs,
+                    warmup=5,
+                )
+            rows = report["results"]
+            result.latency = {
+                "device": report["device"],
+                "results": [
+                    {**r, "model": "original" if i % 2 == 0 else "pruned"}
+                    for i, r in enumerate(rows)
+                ],
+            }
+        except UserError as exc:
+            log(f"warning: ONNX export or benchmark skipped: {exc}")
+    plot_channels(
+        {k: v["before"] for k, v in result.channels.items()},
+        {k: v["after"] for k, v in result.channels.items()},
+        out / "channels.png",
+    )
+    plot_curve(result.finetune, "epoch", ["val_acc"], out / "finetune_curve.png")
+    write_json(out / "report.json", result.report())
+    atomic_write_bytes(out / "report.md", markdown_report(result.report()).encode())
+    result.out = out
+
+
+def _versions() -> dict:
+    import platform
+
+    from . import __version__
+
+    return {
+        "qmixprune": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

@@ -45,19 +45,59 @@ def plan_json(graph: Graph, plan: Plan, macs_ratio: float) -> dict:
     return {"macs_ratio": macs_ratio, "groups": groups}
 
 
-def plot_rewards(log: list[dict], path: Path) -> Path | None:
-    """Reward per episode and best so far, as a PNG; None where matplotlib is missing."""
+def plot_curve(log: list[dict], x_key: str, y_keys: list[str], path: Path) -> Path | None:
+    """Lines of ``y_keys`` against ``x_key`` as a PNG; None where matplotlib is missing."""
     plt = _pyplot()
-    if plt is None:
+    if plt is None or not log:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ep = [e["episode"] for e in log]
-    ax.plot(ep, [e["reward"] for e in log], ".", ms=3, alpha=0.5, label="episode reward")
-    ax.plot(ep, [e["best"] for e in log], "-", label="best so far")
-    ax.set_xlabel("episode")
-    ax.set_ylabel("val reward (pruned, BN recalibrated)")
+    xs = [e[x_key] for e in log]
+    for key in y_keys:
+        style = "." if key == "reward" else "-"
+        ax.plot(xs, [e[key] for e in log], style, ms=3, label=key.replace("_", " "))
+    ax.set_xlabel(x_key)
     ax.legend(loc="lower right")
     return _save(plt, fig, path)
+
+
+def plot_rewards(log: list[dict], path: Path) -> Path | None:
+    """Search reward per episode (val, pruned and BN-recalibrated) and best so far."""
+    return plot_curve(log, "episode", ["reward", "best"], path)
+
+
+def markdown_report(report: dict) -> str:
+    """A short human-readable report.md from report.json's fields."""
+    o, p = report["original"], report["pruned"]
+    lines = [
+        "# qmixprune report",
+        "",
+        f"Target: keep {report['target_flops']:.2f} of the MACs (seed {report['seed']}).",
+        "",
+        "| | MACs | params | test acc |",
+        "|---|---|---|---|",
+        f"| original | {o['macs']:,} | {o['params']:,} | {o['test_acc']:.4f} |",
+        f"| pruned | {p['macs']:,} ({p['macs'] / o['macs']:.3f}) | {p['params']:,} "
+        f"({p['params'] / o['params']:.3f}) | {p['test_acc']:.4f} |",
+        "",
+        f"Search: best val reward {report['search']['reward']:.4f} after "
+        f"{report['search']['evaluations']} evaluations in {report['search']['seconds']} s.",
+    ]
+    if report.get("latency"):
+        dev = report["latency"]["device"]
+        lines += [
+            "",
+            f"Latency (ONNX Runtime {dev['onnxruntime']}, {dev['cpu']}, {dev['cores']} cores):",
+            "",
+            "| model | batch | p50 ms | speed-up |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['model']} | {r['batch']} | {r['p50_ms']:.3f} | {r['speedup']:.2f}x |"
+            for r in report["latency"]["results"]
+        ]
+    lines += ["", "| group | channels before | after |", "|---|---|---|"]
+    lines += [f"| {g} | {c['before']} | {c['after']} |" for g, c in report["channels"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def plot_channels(before: dict[str, int], after: dict[str, int], path: Path) -> Path | None:

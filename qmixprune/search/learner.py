@@ -29,12 +29,12 @@ class QmixConfig:
     hidden: int = 64
     embed_dim: int = 32
     standardize_rewards: bool = True
-    updates_per_episode: int = 4
+    updates_per_episode: int = 8
     epsilon_start: float = 1.0
     epsilon_end: float = 0.05
-    epsilon_anneal: int = 100  # episodes
-    warmup: int = 20  # episodes of random actions before learning starts
-    elite_explore: float = 0.5  # share of exploring moves that perturb the best plan's actions
+    epsilon_anneal: int = 50  # episodes
+    warmup: int = 10  # episodes of random actions before learning starts
+    elite_explore: float = 0.8  # share of exploring moves that perturb the best plan's actions
 
     def epsilon(self, episode: int) -> float:
         if episode < self.warmup:
