@@ -56,7 +56,7 @@ def demo_config(quick: bool, target_flops: float, seed: int) -> CompressConfig:
         env=EnvConfig(round_to=8, reward_batches=2),
         qmix=QmixConfig(warmup=8 if quick else 10, epsilon_anneal=20 if quick else 60),
     )
-    distill = DistillConfig(epochs=4 if quick else 12, lr=0.02)
+    distill = DistillConfig(epochs=6 if quick else 15, lr=0.01, alpha=0.7, temperature=2.0)
     return CompressConfig(
         target_flops=target_flops,
         seed=seed,

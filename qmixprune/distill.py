@@ -173,6 +173,8 @@ def distill(
             scaler.update()
             sched.step()
             total += loss.item()
+        if world > 1:
+            _average_buffers(student, world)
         val_acc = evaluate(student, data.val)
         entry = {
             "epoch": epoch + 1,
@@ -205,6 +207,15 @@ def distill(
         hooks.remove()
     student.load_state_dict(state["best"])
     return student.eval(), state["history"]
+
+
+def _average_buffers(model: nn.Module, world: int) -> None:
+    """DDP keeps parameters in step; BN running statistics drift apart after the last
+    broadcast. Average them so every rank ends with the same model."""
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(world)
 
 
 class _FeatureHooks:

@@ -1,0 +1,128 @@
+import json
+
+import pytest
+import torch
+
+import qmixprune as q
+from qmixprune.cli import main
+from qmixprune.data import load_data
+from qmixprune.distill import DistillConfig
+from qmixprune.errors import UserError
+from qmixprune.models import create
+from qmixprune.pipeline import CompressConfig, compress
+from qmixprune.search import EnvConfig, SearchConfig
+
+SMALL = CompressConfig(
+    search=SearchConfig(episodes=3, env=EnvConfig(reward_batches=1, calib_batches=1)),
+    distill=DistillConfig(epochs=1, batch_size=128),
+    bench_runs=2,
+)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "m.safetensors"
+    torch.manual_seed(0)
+    q.save(create("vgg16", width=0.125), path)
+    return path
+
+
+def test_python_api_result_and_outputs(tmp_path, model_file):
+    data = load_data("digits")
+    res = compress(
+        q.load(model_file), data, target_flops=0.5, config=SMALL, out=tmp_path / "o", quiet=True
+    )
+    assert res.pruned["macs"] <= 0.5 * res.original["macs"]
+    out = tmp_path / "o"
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "model.safetensors",
+        "plan.json",
+        "model.onnx",
+        "report.json",
+        "report.md",
+        "config.json",
+        "channels.png",
+        "reward_curve.png",
+        "finetune_curve.png",
+        "search_log.jsonl",
+    } <= names
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["target_flops"] == 0.5 and 0 <= rep["pruned"]["test_acc"] <= 1
+    assert {"macs", "params", "test_acc"} <= set(rep["original"])
+    assert rep["latency"]["results"][1]["model"] == "pruned"
+    loaded = q.load(out / "model.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), res.model.eval()(x))
+    assert json.loads((out / "config.json").read_text())["search"]["env"]["target_flops"] == 0.5
+
+
+def _argv(model_file, out, *extra):
+    return [
+        "compress",
+        str(model_file),
+        "--target-flops",
+        "0.5",
+        "--episodes",
+        "2",
+        "--epochs",
+        "1",
+        "--no-export",
+        "--quiet",
+        "-o",
+        str(out),
+        *extra,
+    ]
+
+
+def test_cli_refuses_existing_out_and_resumes_after_interrupt(tmp_path, model_file, monkeypatch):
+    out = tmp_path / "o"
+    import qmixprune.pipeline as pipeline
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "distill", interrupted)
+    assert main(_argv(model_file, out)) == 130
+    assert not (out / "report.json").exists() and not (out / "model.safetensors").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert main(_argv(model_file, out)) == 2  # refuses: neither --overwrite nor --resume
+    assert main(_argv(model_file, out, "--resume")) == 0
+    assert json.loads((out / "report.json").read_text())["search"]["episodes"] == 2
+    assert main(_argv(model_file, out, "--overwrite")) == 0
+
+
+@pytest.mark.parametrize(
+    "argv_edit,message",
+    [
+        (lambda a: a[:1] + ["{junk}"] + a[2:], "is not a plain state dict"),
+        (lambda a: a + ["--target-flops", "1.5"], "(0, 1)"),
+        (lambda a: a + ["--target-flops", "0.01", "--min-channels", "4"], "unreachable"),
+        (lambda a: a + ["--data", "imagefolder", "--data-dir", "{empty}"], "class folder"),
+        (lambda a: a[:-1] + ["{file}/sub"], "cannot write"),
+        (lambda a: a[:1] + ["{sd}"] + a[2:] + ["--arch", "resnet56"], "does not match"),
+    ],
+)
+def test_bad_input_one_line(tmp_path, model_file, capsys, argv_edit, message):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x04garbage")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    torch.save(create("vgg16", width=0.125).state_dict(), tmp_path / "sd.pt")
+    subs = {
+        "{junk}": str(junk),
+        "{empty}": str(tmp_path / "empty"),
+        "{file}": str(tmp_path / "file"),
+        "{sd}": str(tmp_path / "sd.pt"),
+    }
+    argv = [subs.get(a, a) for a in argv_edit(_argv(model_file, tmp_path / "o"))]
+    argv = [a.replace("{file}", str(tmp_path / "file")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_api_rejects_bad_target(model_file):
+    with pytest.raises(UserError, match="target_flops"):
+        compress(q.load(model_file), load_data("digits"), target_flops=0.0, config=SMALL)

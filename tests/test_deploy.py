@@ -1,0 +1,120 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qmixprune.cli import main
+from qmixprune.errors import UserError
+from qmixprune.export import export_onnx
+from qmixprune.models import create
+
+X = torch.randn(2, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def onnx_pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("onnx")
+    import qmixprune as q
+
+    big = create("vgg16", width=0.25).eval()
+    small = q.prune(big, X, 0.5, round_to=8).eval()
+    export_onnx(big, d / "big.onnx", X[:1], dynamic_batch=True)
+    res = export_onnx(small, d / "small.onnx", X[:1], dynamic_batch=True, check_inputs=[X])
+    assert res.max_abs_diff < 1e-4
+    return d / "big.onnx", d / "small.onnx"
+
+
+def test_export_matches_pytorch_and_fp16(tmp_path):
+    import onnx
+
+    m = create("resnet56", width=0.25).eval()
+    res = export_onnx(m, tmp_path / "m.onnx", X[:1], opset=17)
+    onnx.checker.check_model(onnx.load(str(res.path)))
+    with torch.no_grad():
+        scale = float(m(X[:1]).abs().max())
+    assert res.max_abs_diff <= 1e-4 * max(1.0, scale)
+    half = export_onnx(m, tmp_path / "h.onnx", X[:1], fp16=True)
+    assert half.fp16 and half.path.stat().st_size < res.path.stat().st_size * 0.6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.onnx", "m.onnx"]  # no temp files
+
+
+def test_bench_json_and_speedup(onnx_pair, tmp_path, capsys):
+    big, small = onnx_pair
+    out = tmp_path / "b.json"
+    code = main(
+        [
+            "bench",
+            str(big),
+            str(small),
+            "--batch",
+            "1,4",
+            "--runs",
+            "5",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    rep = json.loads(out.read_text())
+    assert {"cpu", "cores", "provider", "onnxruntime"} <= set(rep["device"])
+    rows = rep["results"]
+    assert [(r["batch"], r["model"].endswith("small.onnx")) for r in rows] == [
+        (1, False),
+        (1, True),
+        (4, False),
+        (4, True),
+    ]
+    assert rows[0]["speedup"] == 1.0 and all(r["p50_ms"] <= r["p99_ms"] for r in rows)
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_bench_runs_without_torch(onnx_pair):
+    big, small = onnx_pair
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+        "from qmixprune.cli import main\n"
+        f"rc = main(['bench', {str(big)!r}, {str(small)!r}, '--runs', '3', '--batch', '2'])\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "sys.exit(rc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['torch'] = None\n"
+            "from qmixprune.bench import main\n"
+            f"sys.exit(main([{str(small)!r}, '--runs', '2']))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_bench_bad_input(onnx_pair, tmp_path, capsys):
+    big, _ = onnx_pair
+    assert main(["bench", str(tmp_path / "nope.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", str(big), "--provider", "tensorrt"]) == 2
+    assert "TensorrtExecutionProvider" in capsys.readouterr().err
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    assert main(["bench", str(tmp_path / "junk.onnx")]) == 2
+    assert main(["bench", str(big), "--batch", "x"]) == 2
+
+
+def test_export_cli(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "alexnet", "--width", "0.25", "-o", str(out), "--dynamic-batch"]) == 0
+    assert out.is_file() and "max |diff|" in capsys.readouterr().out
+
+
+def test_export_without_onnx_is_clear(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(UserError, match=r"qmixprune\[deploy\]"):
+        export_onnx(create("alexnet", width=0.25), tmp_path / "m.onnx", X[:1])
