@@ -13,7 +13,10 @@ import torch
 
 from ..budget import uniform_counts
 from ..importance import get_criterion
+from .agent import agent_inputs
+from .buffer import EpisodeBuffer
 from .env import PruningEnv
+from .learner import QLearner, QmixConfig
 
 
 @dataclass
@@ -110,9 +113,73 @@ def _best_of(env: PruningEnv, budget: int, sample) -> BaselineResult:
     return BaselineResult(best[0], best[1], env.evaluations - start)
 
 
+def single_agent(env: PruningEnv, budget: int = 200, seed: int = 0, levels: int = 10):
+    """AMC-style single agent: one DQN (GRU agent, the same learner with one agent) walks the
+    groups in order and picks each group's keep fraction from ``levels`` bins; the terminal
+    reward is the plan's, after the same budget wall."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    q = QmixConfig()
+    n, feats = env.n_agents, env.static.shape[1]
+    obs_dim = feats + 3
+    learner = QLearner(obs_dim, obs_dim, 1, levels, q)
+    buffer = EpisodeBuffer(q.buffer_size)
+    bins = torch.linspace(1.0 / levels, 1.0, levels)
+    start, best, episode = env.evaluations, None, 0
+    while env.evaluations - start < budget and episode < 5 * budget:
+        eps = q.epsilon(episode)
+        keep = torch.ones(n)
+        h = learner.agent.init_hidden(1)
+        last = torch.zeros(1, dtype=torch.long)
+        obs_seq, acts = [], []
+        for t in range(n + 1):
+            ratio = env.cost.ratio(env._counts(keep))
+            row = env.static[min(t, n - 1)]
+            obs = torch.cat([row, torch.tensor([t / n, ratio, env.cfg.target_flops])])[None]
+            obs_seq.append(obs)
+            if t == n:
+                break
+            with torch.no_grad():
+                qv, h = learner.agent(agent_inputs(obs, last, levels), h)
+            a = qv.argmax(1)
+            if float(torch.rand(1, generator=gen)) < eps:
+                a = torch.randint(0, levels, (1,), generator=gen)
+            keep[t] = bins[a]
+            acts.append(a)
+            last = a
+        counts = env.project(keep)
+        reward = env.evaluate(counts)
+        if best is None or reward > best[1]:
+            best = (counts, reward)
+        obs_t = torch.stack(obs_seq)
+        actions = torch.stack(acts)
+        rewards = torch.zeros(n)
+        rewards[-1] = reward
+        done = torch.zeros(n)
+        done[-1] = 1.0
+        buffer.add(
+            {
+                "obs": obs_t,
+                "state": obs_t[:, 0],
+                "actions": actions,
+                "last_actions": torch.cat([torch.zeros(1, 1, dtype=torch.long), actions]),
+                "reward": rewards,
+                "done": done,
+            }
+        )
+        episode += 1
+        if episode > q.warmup:
+            r = buffer.rewards()[:, -1]
+            mean, std = float(r.mean()), float(r.std()) if len(r) > 1 else 1.0
+            for _ in range(q.updates_per_episode):
+                learner.train(buffer.sample(q.batch_size, gen), mean, std)
+    return BaselineResult(best[0], best[1], env.evaluations - start)
+
+
 BASELINES = {
     "uniform": uniform,
     "global_l1": global_l1,
     "random": random_search,
     "evolutionary": evolutionary,
+    "single_agent": single_agent,
 }
