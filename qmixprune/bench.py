@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import UserError
 
+ENGINE_SUFFIXES = (".engine", ".plan")
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -120,6 +121,8 @@ def bench(
     """Time every model at every batch; each row's speed-up is over the first model's p50.
 
     The models take turns in blocks of ``block`` runs, so machine noise hits them alike."""
+    if any(Path(m).suffix in ENGINE_SUFFIXES for m in models):
+        return _bench_engines(models, batches, runs, warmup)
     sessions = [session(m, provider, threads) for m in models]
     results = []
     for b in batches:
@@ -142,6 +145,21 @@ def bench(
             row["speedup"] = rows[0]["p50_ms"] / row["p50_ms"]
         results += rows
     return {"device": device_info(provider), "threads": threads, "runs": runs, "results": results}
+
+
+def _bench_engines(models, batches, runs, warmup) -> dict:
+    """TensorRT engine files, timed with TensorRT's runtime (needs torch with CUDA)."""
+    from .trt_engine import time_engine
+
+    if not all(Path(m).suffix in ENGINE_SUFFIXES for m in models):
+        raise UserError("compare engines with engines and ONNX files with ONNX files")
+    results = []
+    for b in batches:
+        rows = [{"model": str(m), **time_engine(m, b, runs, warmup)} for m in models]
+        for row in rows:
+            row["speedup"] = rows[0]["p50_ms"] / row["p50_ms"]
+        results += rows
+    return {"device": device_info("tensorrt"), "threads": None, "runs": runs, "results": results}
 
 
 def format_results(report: dict) -> str:

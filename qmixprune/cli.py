@@ -93,6 +93,18 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument("--dynamic-batch", action="store_true", help="a free batch dimension")
     ex.add_argument("--fp16", action="store_true", help="float16 weights and I/O")
+    ex.add_argument(
+        "--tensorrt",
+        choices=["fp32", "fp16", "int8"],
+        help="also build a TensorRT engine (needs tensorrt and a GPU)",
+    )
+    ex.add_argument(
+        "--calib-data",
+        default="digits",
+        choices=DATASETS,
+        help="data set drawn for INT8 calibration",
+    )
+    ex.add_argument("--data-dir")
     from .bench import add_arguments as bench_arguments
 
     bench_arguments(sub.add_parser("bench", help="ONNX Runtime latency of ONNX models"))
@@ -271,14 +283,27 @@ def _compress(args) -> int:
 
 
 def _export(args) -> int:
+    from . import trt_engine
     from .export import export_onnx
 
+    if args.tensorrt and not trt_engine.available():
+        raise UserError(trt_engine.INSTALL_HINT)
     model, x = _load(args)
     res = export_onnx(model, args.output, x, args.opset, args.dynamic_batch, args.fp16)
     print(
         f"wrote {res.path} (opset {res.opset}; ONNX Runtime vs PyTorch max |diff| "
         f"{res.max_abs_diff:.2e})"
     )
+    if args.tensorrt:
+        calib = None
+        if args.tensorrt == "int8":
+            from .data import load_data
+
+            train = load_data(args.calib_data, args.data_dir).train
+            calib = trt_engine.calibration_batches(train, batch=8)
+        engine = Path(res.path).with_suffix(".engine")
+        trt_engine.build_engine(res.path, engine, args.tensorrt, calib)
+        print(f"wrote {engine} (TensorRT {args.tensorrt})")
     return EXIT_OK
 
 

@@ -118,3 +118,29 @@ def test_export_without_onnx_is_clear(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(UserError, match=r"qmixprune\[deploy\]"):
         export_onnx(create("alexnet", width=0.25), tmp_path / "m.onnx", X[:1])
+
+
+def test_tensorrt_missing_is_a_clear_message(tmp_path, capsys, monkeypatch):
+    from qmixprune import trt_engine
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert not trt_engine.available()
+    out = tmp_path / "m.onnx"
+    assert main(["export", "alexnet", "--width", "0.25", "-o", str(out), "--tensorrt", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "qmixprune[tensorrt]" in err and "JetPack" in err and not out.exists()
+    with pytest.raises(UserError, match="TensorRT is not installed"):
+        trt_engine.build_engine(tmp_path / "x.onnx", tmp_path / "x.engine")
+    (tmp_path / "a.engine").write_bytes(b"x")
+    assert main(["bench", str(tmp_path / "a.engine")]) == 2
+    assert "TensorRT is not installed" in capsys.readouterr().err
+
+
+def test_calibration_batches():
+    from qmixprune.trt_engine import calibration_batches
+
+    data = [(torch.randn(3, 4, 4), 0) for _ in range(10)]
+    batches = calibration_batches(data, 4)
+    assert [b.shape for b in batches] == [(4, 3, 4, 4)] * 2 and batches[0].dtype == "float32"
+    with pytest.raises(UserError, match="at least 4"):
+        calibration_batches(data[:3], 4)
