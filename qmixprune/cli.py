@@ -301,7 +301,7 @@ def _export(args) -> int:
 
             train = load_data(args.calib_data, args.data_dir).train
             calib = trt_engine.calibration_batches(train, batch=8)
-        engine = Path(res.path).with_suffix(".engine")
+        engine = res.path.with_suffix(".engine")
         trt_engine.build_engine(res.path, engine, args.tensorrt, calib)
         print(f"wrote {engine} (TensorRT {args.tensorrt})")
     return EXIT_OK
