@@ -84,23 +84,51 @@ def _fraction(segs: tuple, counts: dict[str, int]) -> float:
     return kept / full
 
 
+class Budget:
+    """The targets a plan must meet, each a fraction of the unpruned model's cost (MACs,
+    measured latency, or both). ``load(counts) <= 1`` means every target is met."""
+
+    def __init__(
+        self,
+        cost: CostModel,
+        target_flops: float | None = None,
+        latency=None,
+        target_latency: float | None = None,
+    ) -> None:
+        self.cost, self.group_channels = cost, cost.group_channels
+        self.parts: list[tuple[str, object, float]] = []
+        if target_flops is not None:
+            self.parts.append(("MACs", cost, target_flops))
+        if target_latency is not None:
+            if latency is None:
+                raise UserError("a latency target needs a latency table (--latency-table)")
+            self.parts.append(("latency", latency, target_latency))
+        if not self.parts:
+            raise UserError("set a FLOPs target, a latency target, or both")
+        for label, _, t in self.parts:
+            if not 0.0 < t < 1.0:
+                raise UserError(f"the {label} target must be in (0, 1), got {t}")
+
+    def load(self, counts: dict[str, int]) -> float:
+        return max(model.ratio(counts) / t for _, model, t in self.parts)
+
+    def ratios(self, counts: dict[str, int]) -> dict[str, float]:
+        return {label: model.ratio(counts) for label, model, _ in self.parts}
+
+
 def uniform_counts(
-    cost: CostModel, groups: list[str], target: float, round_to: int = 1, min_channels: int = 1
+    budget: Budget, groups: list[str], round_to: int = 1, min_channels: int = 1
 ) -> dict[str, int]:
-    """The same pruning ratio for every group, the smallest that keeps <= ``target`` MACs."""
+    """The same pruning ratio for every group, the smallest that meets the budget."""
 
     def counts(r: float) -> dict[str, int]:
-        return {g: kept_count(cost.group_channels[g], r, round_to, min_channels) for g in groups}
+        return {g: kept_count(budget.group_channels[g], r, round_to, min_channels) for g in groups}
 
-    if cost.ratio(counts(0.999999)) > target:
-        raise UserError(
-            f"target {target:.3f} of the MACs is unreachable: pruning every group to its floor "
-            f"keeps {cost.ratio(counts(0.999999)):.3f}"
-        )
+    check_reachable(budget, counts(0.999999))
     lo, hi = 0.0, 0.999999
     for _ in range(50):
         mid = (lo + hi) / 2
-        if cost.ratio(counts(mid)) <= target:
+        if budget.load(counts(mid)) <= 1.0:
             hi = mid
         else:
             lo = mid
@@ -123,34 +151,38 @@ def floors(
     return out
 
 
-def check_reachable(cost: CostModel, low: dict[str, int], target: float) -> None:
-    """Refuse, before any search, a target that the floors make impossible, naming why."""
-    at_floor = cost.ratio(low)
-    if at_floor <= target:
+def check_reachable(budget: Budget, low: dict[str, int]) -> None:
+    """Refuse, before any search, targets that the floors make impossible, naming why."""
+    if budget.load(low) <= 1.0:
         return
-    fixed = cost.ratio({g: 0 for g in low}) if low else 1.0
+    cost = budget.cost
     shares = cost.group_macs()
     worst = sorted(low, key=lambda g: -shares[g] * low[g] / cost.group_channels[g])[:3]
     names = ", ".join(f"{g} (floor {low[g]} of {cost.group_channels[g]} ch)" for g in worst)
+    fixed = cost.ratio({g: 0 for g in low}) if low else 1.0
+    missed = "; ".join(
+        f"target {t:.3f} of the {label} is unreachable: with every group at its floor the "
+        f"model keeps {model.ratio(low):.3f}"
+        for label, model, t in budget.parts
+        if model.ratio(low) > t
+    )
     raise UserError(
-        f"target {target:.3f} of the MACs is unreachable: with every group at its floor the "
-        f"model keeps {at_floor:.3f} (layers outside the prunable groups alone: {fixed:.3f}). "
+        f"{missed} (layers outside the prunable groups alone keep {fixed:.3f} of the MACs). "
         f"Largest floors: {names}. Lower --min-channels/--round-to or raise the target"
     )
 
 
 def fit_to_budget(
-    cost: CostModel,
+    budget: Budget,
     proposal: dict[str, float],
     low: dict[str, int],
-    target: float,
     round_to: int = 1,
 ) -> dict[str, int]:
     """The budget wall: scale a proposed keep fraction per group toward its floor (or back
-    toward full width) until the plan keeps at most ``target`` of the MACs, as close to it
-    as the rounding allows. The proposal's shape (which groups keep more) is preserved."""
+    toward full width) until the plan just meets the budget, as close to it as the
+    rounding allows. The proposal's shape (which groups keep more) is preserved."""
     names = list(proposal)
-    full = {g: cost.group_channels[g] for g in names}
+    full = {g: budget.group_channels[g] for g in names}
     # where each group sits between its floor (0) and full width (1); never exactly 0,
     # so that every group can grow back when the budget allows
     share = {
@@ -167,11 +199,11 @@ def fit_to_budget(
         return out
 
     lo, hi = 0.0, 1.0 / min(share.values())
-    if cost.ratio(counts(hi)) <= target:
+    if budget.load(counts(hi)) <= 1.0:
         return counts(hi)
     for _ in range(40):
         mid = (lo + hi) / 2
-        if cost.ratio(counts(mid)) <= target:
+        if budget.load(counts(mid)) <= 1.0:
             lo = mid
         else:
             hi = mid
@@ -186,7 +218,7 @@ def fit_to_budget(
             if step <= 0:
                 continue
             trial = {**best, g: best[g] + step}
-            if cost.ratio(trial) <= target:
+            if budget.load(trial) <= 1.0:
                 best, grown = trial, True
                 break
     return best

@@ -177,7 +177,7 @@ def _count(args) -> int:
 
 def _prune(args) -> int:
     from . import serialize
-    from .budget import CostModel, uniform_counts
+    from .budget import Budget, CostModel, uniform_counts
     from .errors import UserError
     from .flops import count
     from .graph import analyze
@@ -195,7 +195,10 @@ def _prune(args) -> int:
             raise UserError(f"--target-flops must be in (0, 1), got {args.target_flops}")
         names = [g.name for g in graph.prunable]
         counts = uniform_counts(
-            CostModel(model, graph, x), names, args.target_flops, args.round_to, args.min_channels
+            Budget(CostModel(model, graph, x), args.target_flops),
+            names,
+            args.round_to,
+            args.min_channels,
         )
         plan = plan_for_counts(graph, counts, ranks(model, graph.prunable, args.importance))
     pruned = apply_plan(model, graph, plan)

@@ -3,7 +3,7 @@ import torch
 from nets import Mixed
 
 from qmixprune import analyze, apply_plan, count
-from qmixprune.budget import CostModel, uniform_counts
+from qmixprune.budget import Budget, CostModel, uniform_counts
 from qmixprune.errors import UserError
 from qmixprune.models import create
 from qmixprune.pruning import plan_for_counts
@@ -29,8 +29,8 @@ def test_uniform_counts_meets_target():
     x = torch.zeros(1, 3, 32, 32)
     g = analyze(m, x)
     cost = CostModel(m, g, x)
-    counts = uniform_counts(cost, [p.name for p in g.prunable], 0.4, round_to=8)
+    counts = uniform_counts(Budget(cost, 0.4), [p.name for p in g.prunable], round_to=8)
     assert 0.39 <= cost.ratio(counts) <= 0.4
     assert all(k % 8 == 0 for k in counts.values())
     with pytest.raises(UserError, match="unreachable"):
-        uniform_counts(cost, [p.name for p in g.prunable], 0.001, min_channels=32)
+        uniform_counts(Budget(cost, 0.001), [p.name for p in g.prunable], min_channels=32)

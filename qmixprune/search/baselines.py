@@ -29,7 +29,7 @@ class BaselineResult:
 def uniform(env: PruningEnv, budget: int = 1, seed: int = 0) -> BaselineResult:
     """Every group loses the same fraction of its channels."""
     cfg = env.cfg
-    counts = uniform_counts(env.cost, env.groups, cfg.target_flops, cfg.round_to, cfg.min_channels)
+    counts = uniform_counts(env.budget, env.groups, cfg.round_to, cfg.min_channels)
     counts = {g: max(k, env.low[g]) for g, k in counts.items()}
     return BaselineResult(counts, env.evaluate(counts), 1)
 
@@ -54,7 +54,7 @@ def global_l1(env: PruningEnv, budget: int = 1, seed: int = 0) -> BaselineResult
     lo, hi = 0.0, max(float(s[0]) for s in scores.values()) + 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
-        if env.cost.ratio(counts(mid)) <= env.cfg.target_flops:
+        if env.budget.load(counts(mid)) <= 1.0:
             hi = mid
         else:
             lo = mid
@@ -133,9 +133,9 @@ def single_agent(env: PruningEnv, budget: int = 200, seed: int = 0, levels: int 
         last = torch.zeros(1, dtype=torch.long)
         obs_seq, acts = [], []
         for t in range(n + 1):
-            ratio = env.cost.ratio(env._counts(keep))
+            load = env.budget.load(env._counts(keep))
             row = env.static[min(t, n - 1)]
-            obs = torch.cat([row, torch.tensor([t / n, ratio, env.cfg.target_flops])])[None]
+            obs = torch.cat([row, torch.tensor([t / n, load, load - 1.0])])[None]
             obs_seq.append(obs)
             if t == n:
                 break

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..budget import CostModel, check_reachable, fit_to_budget, floors
+from ..budget import Budget, CostModel, check_reachable, fit_to_budget, floors
 from ..errors import UserError
 from ..flops import layer_table
 from ..graph import Graph
@@ -24,12 +24,13 @@ from ..importance import get_criterion, ranks
 from ..pruning import apply_plan, plan_for_counts
 from ..train import recalibrate_bn
 
-N_GLOBAL = 4  # step, MACs of the proposal, target, gap to the target
+N_GLOBAL = 4  # step, budget load of the proposal (1 = on target), first target, load - 1
 
 
 @dataclass(frozen=True)
 class EnvConfig:
-    target_flops: float = 0.4
+    target_flops: float | None = 0.4  # fraction of the MACs kept
+    target_latency: float | None = None  # fraction of the measured latency kept
     steps: int = 6
     n_actions: int = 5
     action_step: float = 0.05  # fraction of a group's channels removed per action unit
@@ -44,8 +45,12 @@ class EnvConfig:
     step_reward: bool = False  # reward every step's projected plan, not only the last
 
     def validate(self) -> None:
-        if not 0.0 < self.target_flops < 1.0:
-            raise UserError(f"target_flops must be in (0, 1), got {self.target_flops}")
+        for name in ("target_flops", "target_latency"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise UserError(f"{name} must be in (0, 1), got {value}")
+        if self.target_flops is None and self.target_latency is None:
+            raise UserError("set target_flops, target_latency, or both")
         if self.steps < 1 or self.n_actions < 2 or self.action_step <= 0:
             raise UserError("steps >= 1, n_actions >= 2 and action_step > 0 are required")
         if self.reward not in ("acc", "loss"):
@@ -63,6 +68,7 @@ class PruningEnv:
         calib: list[torch.Tensor],
         val: list[tuple[torch.Tensor, torch.Tensor]],
         cfg: EnvConfig,
+        latency=None,
     ) -> None:
         cfg.validate()
         self.model, self.graph, self.cost, self.cfg = model.eval(), graph, cost, cfg
@@ -71,7 +77,9 @@ class PruningEnv:
             raise UserError("the model has no prunable channel groups (see `qmixprune analyze`)")
         self.n_agents = len(self.groups)
         self.low = floors(cost, self.groups, cfg.round_to, cfg.min_channels, cfg.min_keep)
-        check_reachable(cost, self.low, cfg.target_flops)
+        self.latency = latency
+        self.budget = Budget(cost, cfg.target_flops, latency, cfg.target_latency)
+        check_reachable(self.budget, self.low)
         self.ranking = ranks(model, graph.prunable, cfg.importance)
         self.calib, self.val = calib, val[: cfg.reward_batches]
         self.cache: dict[tuple[int, ...], float] = {}
@@ -85,6 +93,7 @@ class PruningEnv:
         modules = dict(self.model.named_modules())
         rows = {r.name: r for r in layer_table(self.model, torch.zeros(1, *self.graph.input_shape))}
         macs = self.cost.group_macs()
+        lat = self.latency.group_shares() if self.latency is not None else {}
         total_params = sum(p.numel() for p in self.model.parameters())
         crit = get_criterion(self.cfg.importance)
         feats = []
@@ -110,6 +119,7 @@ class PruningEnv:
                     getattr(m, "stride", (1,))[0] / 2,
                     math.log2(side + 1) / 8,
                     macs[name] / self.cost.total,
+                    lat.get(name, 0.0),  # share of the measured latency
                     params / total_params,
                     float(scores.std() * group.channels),  # spread of importance
                     float(half),  # importance mass of the weaker half
@@ -120,10 +130,8 @@ class PruningEnv:
 
     def observe(self, keep: torch.Tensor, last: torch.Tensor, t: int):
         """Per-agent observations ``[N, obs_dim]`` and the global state ``[state_dim]``."""
-        ratio = self.cost.ratio(self._counts(keep))
-        glob = torch.tensor(
-            [t / self.cfg.steps, ratio, self.cfg.target_flops, ratio - self.cfg.target_flops]
-        )
+        load = self.budget.load(self._counts(keep))
+        glob = torch.tensor([t / self.cfg.steps, load, self.budget.parts[0][2], load - 1.0])
         left = torch.full_like(keep, (self.cfg.steps - t) / self.cfg.steps)
         own = torch.stack([keep, last.float() / (self.cfg.n_actions - 1), left], 1)
         obs = torch.cat([self.static, own, glob.expand(self.n_agents, -1)], 1)
@@ -163,9 +171,7 @@ class PruningEnv:
     def project(self, keep: torch.Tensor) -> dict[str, int]:
         """The budget wall applied to keep fractions: integer channel counts on target."""
         proposal = {g: float(k) for g, k in zip(self.groups, keep)}
-        return fit_to_budget(
-            self.cost, proposal, self.low, self.cfg.target_flops, self.cfg.round_to
-        )
+        return fit_to_budget(self.budget, proposal, self.low, self.cfg.round_to)
 
     # -- reward --------------------------------------------------------------------------
     @torch.no_grad()
@@ -193,7 +199,14 @@ class PruningEnv:
         return value
 
 
-def build_env(model: nn.Module, data, cfg: EnvConfig, seed: int = 0, batch_size: int = 64):
+def build_env(
+    model: nn.Module,
+    data,
+    cfg: EnvConfig,
+    seed: int = 0,
+    batch_size: int = 64,
+    latency_table: dict | None = None,
+):
     """An environment for ``model`` on ``data`` (a ``DataSplits``): fixed calibration
     batches from train and fixed reward batches from val, so a plan's reward is stable."""
     from ..budget import CostModel as _Cost
@@ -208,4 +221,9 @@ def build_env(model: nn.Module, data, cfg: EnvConfig, seed: int = 0, batch_size:
     val = [b for _, b in zip(range(cfg.reward_batches), loader(data.val, batch_size * 2, False))]
     if not val or not calib:
         raise UserError("the data set is empty: no batches for calibration or reward")
-    return PruningEnv(model, graph, cost, calib, val, cfg)
+    latency = None
+    if latency_table is not None:
+        from ..latency import LatencyModel
+
+        latency = LatencyModel(latency_table, cost)
+    return PruningEnv(model, graph, cost, calib, val, cfg, latency)

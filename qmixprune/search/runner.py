@@ -190,6 +190,7 @@ def search(
             "episode": run.episode,
             "reward": reward,
             "best": run.best[0],
+            **{k.lower(): v for k, v in env.budget.ratios(counts).items()},
             "macs": env.cost.ratio(counts),
             "epsilon": eps,
             "loss": loss,

@@ -1,0 +1,205 @@
+"""Measured latency as a budget: profile each layer on the device, then predict any plan.
+
+``profile`` times every Conv/Linear layer alone in ONNX Runtime on a grid of (input,
+output) channel counts (multiples of ``round_to``, since aligned widths are what the
+hardware rewards) and the whole model once; ``LatencyModel`` interpolates the grid and
+scales the sum of layers to the whole model's measured time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .bench import device_info, session
+from .budget import CostModel, _fraction
+from .errors import UserError
+
+GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+def _widths(full: int, grid, round_to: int, prunable: bool) -> list[int]:
+    if not prunable:
+        return [full]
+    ws = {min(full, max(round_to, int(full * f / round_to + 0.5) * round_to)) for f in grid}
+    return sorted(ws | {full})
+
+
+def _onnx_ms(module: nn.Module, shape, provider: str, threads, runs: int) -> float:
+    import time
+
+    buf = io.BytesIO()
+    x = torch.randn(*shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (x,), buf, dynamo=False, input_names=["input"])
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        sess = session(f.name, provider, threads)
+    feed = {"input": x.numpy()}
+    for _ in range(3):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def _layer(m: nn.Module, c_in: int, c_out: int) -> nn.Module:
+    if isinstance(m, nn.Linear):
+        return nn.Linear(c_in, c_out, bias=m.bias is not None)
+    depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
+    return nn.Conv2d(
+        c_in if not depthwise else c_out,
+        c_out,
+        m.kernel_size,
+        m.stride,
+        m.padding,
+        m.dilation,
+        groups=c_out if depthwise else 1,
+        bias=m.bias is not None,
+    )
+
+
+def profile(
+    model: nn.Module,
+    cost: CostModel,
+    example_input: torch.Tensor,
+    provider="cpu",
+    threads: int | None = None,
+    batch: int = 1,
+    round_to: int = 8,
+    runs: int = 20,
+    grid=GRID,
+    progress=None,
+) -> dict:
+    """Latency table of ``model`` on this device (see the module docstring)."""
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple] = {}
+
+    def record(name):
+        def hook(mod, inputs, output):
+            shapes.setdefault(name, tuple(inputs[0].shape[1:]))  # a hook must return None
+
+        return hook
+
+    hooks = [modules[layer.name].register_forward_hook(record(layer.name)) for layer in cost.layers]
+    with torch.no_grad():
+        model.eval()(example_input[:1])
+    for h in hooks:
+        h.remove()
+    layers = {}
+    for layer in cost.layers:
+        if layer.name in layers:
+            continue
+        m = modules[layer.name]
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        full_in = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+        full_out = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        dw = isinstance(m, nn.Conv2d) and m.groups > 1
+        ins = [full_in] if dw else _widths(full_in, grid, round_to, bool(layer.in_segs))
+        outs = _widths(full_out, grid, round_to, any(g for g, _, _ in layer.out_segs))
+        shape = shapes[layer.name]
+        ms = [
+            [
+                _onnx_ms(
+                    _layer(m, ci, co),
+                    (batch, ci, *shape[1:]) if not dw else (batch, co, *shape[1:]),
+                    provider,
+                    threads,
+                    runs,
+                )
+                for co in outs
+            ]
+            for ci in ins
+        ]
+        layers[layer.name] = {"in": ins, "out": outs, "ms": ms, "depthwise": dw}
+        if progress:
+            progress(layer.name)
+    total = _onnx_ms(model, (batch, *example_input.shape[1:]), provider, threads, runs)
+    return {
+        "device": device_info(provider),
+        "batch": batch,
+        "threads": threads,
+        "round_to": round_to,
+        "total_ms": total,
+        "layers": layers,
+    }
+
+
+def save_table(table: dict, path: str | Path) -> Path:
+    from .serialize import atomic_write_bytes
+
+    return atomic_write_bytes(path, json.dumps(table, indent=1).encode())
+
+
+def load_table(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text())
+        assert isinstance(table["layers"], dict) and table["total_ms"] > 0
+    except (OSError, ValueError, KeyError, AssertionError, TypeError) as exc:
+        raise UserError(f"{path} is not a latency table from `qmixprune profile`: {exc}") from exc
+    return table
+
+
+class LatencyModel:
+    """Predicted latency (ms) of a plan, and its ratio to the unpruned model's."""
+
+    def __init__(self, table: dict, cost: CostModel) -> None:
+        missing = [layer.name for layer in cost.layers if layer.name not in table["layers"]]
+        if missing:
+            raise UserError(
+                f"the latency table does not cover layers {missing[:5]}: "
+                "profile this model (`qmixprune profile`)"
+            )
+        self.table, self.cost = table, cost
+        self.full = {name: (t["in"][-1], t["out"][-1]) for name, t in table["layers"].items()}
+        layer_sum = self._sum({})
+        self.scale = table["total_ms"] / layer_sum if layer_sum > 0 else 1.0
+        self.base = self.ms({})
+
+    def _sum(self, counts: dict[str, int]) -> float:
+        total = 0.0
+        for layer in self.cost.layers:
+            t = self.table["layers"][layer.name]
+            fin, fout = self.full[layer.name]
+            ci = fin * _fraction(layer.in_segs, counts)
+            co = fout * _fraction(layer.out_segs, counts)
+            total += _bilinear(t["in"], t["out"], t["ms"], ci, co)
+        return total
+
+    def ms(self, counts: dict[str, int]) -> float:
+        return self.scale * self._sum(counts)
+
+    def ratio(self, counts: dict[str, int]) -> float:
+        return self.ms(counts) / self.base
+
+    def group_shares(self) -> dict[str, float]:
+        """Share of the layer latency that touches each group's channels."""
+        out = {g: 0.0 for g in self.cost.group_channels}
+        total = self._sum({}) or 1.0
+        for layer in self.cost.layers:
+            t = self.table["layers"][layer.name]
+            ms = t["ms"][-1][-1]
+            for g, _, _ in {*layer.in_segs, *layer.out_segs}:
+                if g is not None:
+                    out[g] += ms / total
+        return out
+
+
+def _bilinear(xs: list, ys: list, grid: list, x: float, y: float) -> float:
+    rows = [float(np.interp(y, ys, row)) if len(ys) > 1 else row[0] for row in grid]
+    return float(np.interp(x, xs, rows)) if len(xs) > 1 else rows[0]
