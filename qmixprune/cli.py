@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import replace
 
 from . import __version__
 from .errors import UserError
@@ -50,6 +51,12 @@ def parser() -> argparse.ArgumentParser:
     def search_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", help="YAML or JSON file with any of the options")
         sp.add_argument("--target-flops", type=float, help="fraction of the MACs to keep")
+        sp.add_argument(
+            "--target-latency",
+            type=float,
+            help="fraction of the measured latency to keep (needs --latency-table)",
+        )
+        sp.add_argument("--latency-table", help="table from `qmixprune profile`")
         sp.add_argument("--episodes", type=int)
         sp.add_argument("--max-evaluations", type=int, help="stop after this many plans scored")
         sp.add_argument("--steps", type=int, help="pruning steps per episode")
@@ -108,6 +115,14 @@ def parser() -> argparse.ArgumentParser:
     from .bench import add_arguments as bench_arguments
 
     bench_arguments(sub.add_parser("bench", help="ONNX Runtime latency of ONNX models"))
+    pf = sub.add_parser("profile", help="measure per-layer latency on this device")
+    model_args(pf)
+    pf.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    pf.add_argument("--threads", type=int, default=None)
+    pf.add_argument("--batch", type=int, default=1)
+    pf.add_argument("--round-to", type=int, default=8, help="channel counts profiled")
+    pf.add_argument("--runs", type=int, default=20)
+    pf.add_argument("-o", "--output", required=True, help="the JSON table to write")
     d = sub.add_parser("demo", help="train VGG-16 on the bundled digits, then compress it")
     d.add_argument("-o", "--output", default="qmixprune-demo")
     d.add_argument("--quick", action="store_true", help="fewer epochs and evaluations")
@@ -220,6 +235,7 @@ def search_config(args):
         "seed": args.seed,
         "env": {
             "target_flops": args.target_flops,
+            "target_latency": args.target_latency,
             "steps": args.steps,
             "round_to": args.round_to,
             "min_channels": args.min_channels,
@@ -234,11 +250,14 @@ def _search(args) -> int:
     from .report import prepare_out
 
     cfg = search_config(args)
+    if args.target_latency is not None and args.target_flops is None:
+        cfg = replace(cfg, env=replace(cfg.env, target_flops=None))  # latency alone
     cfg.env.validate()
+    table = _latency_table(args)
     out = prepare_out(args.output, args.overwrite, args.resume)
     model, _ = _load(args)
     data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
-    result = run_search(model, data, cfg, out, resume=args.resume, quiet=args.quiet)
+    result = run_search(model, data, cfg, out, args.resume, args.quiet, table)
     if not args.quiet:
         print(
             f"best val reward {result.reward:.4f} at {result.macs_ratio:.4f} of the MACs after "
@@ -276,12 +295,51 @@ def _compress(args) -> int:
     from .report import prepare_out
 
     cfg = compress_config(args)
-    if not 0 < cfg.target_flops < 1:
-        raise UserError(f"--target-flops must be in (0, 1), got {cfg.target_flops}")
+    if args.target_latency is not None and args.target_flops is None:
+        cfg = replace(cfg, target_flops=None)  # latency alone, unless both were given
+    cfg = replace(cfg, target_latency=args.target_latency or cfg.target_latency)
+    cfg.resolved().search.env.validate()
+    table = _latency_table(args)
     out = prepare_out(args.output, args.overwrite, args.resume)
     model, _ = _load(args)
     data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
-    compress(model, data, config=cfg, out=out, resume=args.resume, quiet=args.quiet)
+    compress(
+        model, data, config=cfg, out=out, resume=args.resume, quiet=args.quiet, latency_table=table
+    )
+    return EXIT_OK
+
+
+def _latency_table(args) -> dict | None:
+    from .latency import load_table
+
+    if args.latency_table is None:
+        if args.target_latency is not None:
+            raise UserError("--target-latency needs --latency-table (from `qmixprune profile`)")
+        return None
+    return load_table(args.latency_table)
+
+
+def _profile(args) -> int:
+    from .budget import CostModel
+    from .graph import analyze
+    from .latency import profile, save_table
+
+    model, x = _load(args)
+    cost = CostModel(model, analyze(model, x), x)
+    print(f"profiling {len(cost.layers)} layers on {args.provider} ...")
+    table = profile(
+        model,
+        cost,
+        x,
+        args.provider,
+        args.threads,
+        args.batch,
+        args.round_to,
+        args.runs,
+        progress=lambda name: print(f"  {name}"),
+    )
+    save_table(table, args.output)
+    print(f"whole model {table['total_ms']:.3f} ms at batch {args.batch}; wrote {args.output}")
     return EXIT_OK
 
 
@@ -330,6 +388,7 @@ _COMMANDS = {
     "compress": _compress,
     "export": _export,
     "bench": _bench,
+    "profile": _profile,
     "demo": _demo,
 }
 

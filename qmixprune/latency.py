@@ -200,6 +200,14 @@ class LatencyModel:
         return out
 
 
+def _interp(xs: list, ys: list, x: float) -> float:
+    """Linear between grid points; proportional below the smallest (work scales with width)."""
+    if len(xs) == 1:
+        return ys[0]
+    if x < xs[0]:
+        return ys[0] * x / xs[0]
+    return float(np.interp(x, xs, ys))
+
+
 def _bilinear(xs: list, ys: list, grid: list, x: float, y: float) -> float:
-    rows = [float(np.interp(y, ys, row)) if len(ys) > 1 else row[0] for row in grid]
-    return float(np.interp(x, xs, rows)) if len(xs) > 1 else rows[0]
+    return _interp(xs, [_interp(ys, row, y) for row in grid], x)

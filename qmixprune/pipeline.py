@@ -53,10 +53,11 @@ def run_search(
     out: Path | None = None,
     resume: bool = False,
     quiet: bool = False,
+    latency_table: dict | None = None,
 ) -> SearchResult:
     """QMIX search on ``model``; with ``out``: plan.json, search_log.jsonl, reward_curve.png,
     search_config.json and a checkpoint to resume from."""
-    env = build_env(model, data, cfg.env, seed=cfg.seed)
+    env = build_env(model, data, cfg.env, seed=cfg.seed, latency_table=latency_table)
     if out is not None:
         write_json(out / "search_config.json", as_dict(cfg))
     with progress_bar(cfg.episodes, "search", quiet) as update:
@@ -81,9 +82,11 @@ def run_search(
 
 @dataclass(frozen=True)
 class CompressConfig:
-    """Every option of ``compress``; ``target_flops`` and ``seed`` override the stages'."""
+    """Every option of ``compress``; the targets, seed and importance override the stages'.
+    ``target_flops`` None with a ``target_latency`` means a latency-only budget."""
 
-    target_flops: float = 0.4
+    target_flops: float | None = 0.4
+    target_latency: float | None = None
     seed: int = 0
     importance: str = "l1"
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -93,7 +96,12 @@ class CompressConfig:
 
     def resolved(self) -> CompressConfig:
         """The config with the top-level target, seed and importance pushed into the stages."""
-        env = replace(self.search.env, target_flops=self.target_flops, importance=self.importance)
+        env = replace(
+            self.search.env,
+            target_flops=self.target_flops,
+            target_latency=self.target_latency,
+            importance=self.importance,
+        )
         search_cfg = replace(self.search, seed=self.seed, env=env)
         return replace(self, search=search_cfg, distill=replace(self.distill, seed=self.seed))
 
@@ -102,7 +110,7 @@ class CompressConfig:
 class Result:
     """What ``compress`` made; the same fields as ``report.json``."""
 
-    target_flops: float
+    target_flops: float | None
     original: dict
     pruned: dict
     channels: dict
@@ -127,15 +135,15 @@ def compress(
     out: str | Path | None = None,
     resume: bool = False,
     quiet: bool = False,
+    latency_table: dict | None = None,
 ) -> Result:
     """Search a per-group plan with QMIX, prune, distil from the original, evaluate, and
     (with ``out``) save, export to ONNX, benchmark and report."""
     cfg = config or CompressConfig()
     if target_flops is not None:
         cfg = replace(cfg, target_flops=target_flops)
-    if not 0.0 < cfg.target_flops < 1.0:
-        raise UserError(f"target_flops must be in (0, 1), got {cfg.target_flops}")
     cfg = cfg.resolved()
+    cfg.search.env.validate()
     log = (lambda *a: None) if quiet else print
     out = Path(out) if out is not None else None
     if out is not None:
@@ -145,7 +153,7 @@ def compress(
     (macs0, params0), acc0 = count(teacher, x), evaluate(teacher, data.test)
     log(f"original: {macs0:,} MACs, {params0:,} params, test acc {acc0:.4f}")
 
-    found = run_search(teacher, data, cfg.search, out, resume=resume, quiet=quiet)
+    found = run_search(teacher, data, cfg.search, out, resume, quiet, latency_table)
     graph = analyze(teacher, x)
     plan = plan_for_counts(graph, found.counts, ranks(teacher, graph.prunable, cfg.importance))
     student = apply_plan(teacher, graph, plan)
