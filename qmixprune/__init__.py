@@ -24,16 +24,22 @@ _LAZY = {
     "load": "qmixprune.serialize",
     "load_model_file": "qmixprune.serialize",
     "UserError": "qmixprune.errors",
+    "compress": "qmixprune.pipeline",
+    "CompressConfig": "qmixprune.pipeline",
+    "export_onnx": "qmixprune.export",
 }
 
 __all__ = [
+    "CompressConfig",
     "Graph",
     "Plan",
     "UserError",
     "__version__",
     "analyze",
     "apply_plan",
+    "compress",
     "count",
+    "export_onnx",
     "layer_table",
     "load",
     "load_model_file",
@@ -44,8 +50,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .errors import UserError
+    from .export import export_onnx
     from .flops import count, layer_table
     from .graph import Graph, analyze
+    from .pipeline import CompressConfig, compress
     from .pruning import Plan, apply_plan, make_plan, prune
     from .serialize import load, load_model_file, save
 
