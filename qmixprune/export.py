@@ -38,9 +38,10 @@ def export_onnx(
     ONNX Runtime's outputs with PyTorch's on random and given inputs."""
     try:
         import onnx
+        import onnxruntime  # noqa: F401  (for the parity check)
     except ImportError as exc:
         raise UserError(
-            "ONNX export needs `pip install qmixprune[deploy]` (onnx, onnxruntime)"
+            f"ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime ({exc})"
         ) from exc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

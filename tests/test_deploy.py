@@ -116,7 +116,7 @@ def test_export_cli(tmp_path, capsys):
 
 def test_export_without_onnx_is_clear(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(UserError, match=r"qmixprune\[deploy\]"):
+    with pytest.raises(UserError, match="pip install onnx onnxruntime"):
         export_onnx(create("alexnet", width=0.25), tmp_path / "m.onnx", X[:1])
 
 
