@@ -1,5 +1,95 @@
-"""Packaging lives in pyproject.toml; this file exists for the native extension (csrc/)."""
+"""Packaging lives in pyproject.toml; this file builds the native extension qmixprune._C.
+
+The C++ (CPU) kernels are built whenever torch is importable at build time (install with
+``pip install --no-build-isolation``). The CUDA kernels are added when a CUDA toolkit and
+a CUDA build of torch are present; ``QMIXPRUNE_CUDA=auto|0|1`` chooses (1: required).
+Without a GPU to detect, they are built for ``TORCH_CUDA_ARCH_LIST`` (default "8.7;9.0":
+Jetson Orin and Hopper). A failed build never fails the install: the package falls back
+to its pure-PyTorch reference path.
+"""
+
+import glob
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
 
 from setuptools import setup
 
-setup()
+
+def _cuda_home() -> str | None:
+    """The CUDA toolkit root: bin/ with the real nvcc, lib64/ with libcudart."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = Path(nvcc).resolve()
+        try:  # a wrapper script that execs the real nvcc
+            m = re.search(r"(/\S+)/bin/nvcc", real.read_text(errors="ignore")[:4096])
+            if m:
+                candidates.append(m.group(1))
+        except OSError:
+            pass
+        candidates.append(str(real.parent.parent))
+    candidates.append("/usr/local/cuda")
+    for c in candidates:
+        if c and Path(c, "bin", "nvcc").is_file() and glob.glob(f"{c}/lib*/libcudart*"):
+            return c
+    return None
+
+
+def _extensions():
+    mode = os.environ.get("QMIXPRUNE_CUDA", "auto")
+    if mode not in ("auto", "0", "1"):
+        sys.exit(f"QMIXPRUNE_CUDA must be auto, 0 or 1, not {mode!r}")
+    cuda_home = _cuda_home() if mode != "0" else None
+    if cuda_home:
+        os.environ.setdefault("CUDA_HOME", cuda_home)  # read by cpp_extension on import
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        print(
+            "qmixprune: torch is not importable at build time; skipping the native "
+            "extension (install with --no-build-isolation to build it)",
+            file=sys.stderr,
+        )
+        return [], {}
+    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    with_cuda = bool(cuda_home) and torch.version.cuda is not None
+    if mode == "1" and not with_cuda:
+        sys.exit("QMIXPRUNE_CUDA=1 but no CUDA toolkit (CUDA_HOME) or no CUDA build of torch")
+    args = {"cxx": ["-O3"]}
+    if with_cuda:
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.7;9.0")
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        args["nvcc"] = ["-O3"]
+        ext = cpp_extension.CUDAExtension(
+            "qmixprune._C", sources, extra_compile_args=args, optional=mode != "1"
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "qmixprune._C", sources, extra_compile_args=args, optional=True
+        )
+
+    class Build(cpp_extension.BuildExtension):
+        """Torch's builder, but an optional extension that fails to compile only warns."""
+
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as exc:
+                if not getattr(ext, "optional", False):
+                    raise
+                print(
+                    f"qmixprune: WARNING: building {ext.name} failed ({exc}); the package "
+                    "will use its PyTorch reference path",
+                    file=sys.stderr,
+                )
+
+    return [ext], {"build_ext": Build}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from . import ops
 from .errors import UserError
 from .graph import Group
 from .graph.types import PRODUCER_KINDS
@@ -30,27 +31,27 @@ def filter_rows(model: nn.Module, group: Group) -> list[torch.Tensor]:
 
 
 def l1(model: nn.Module, group: Group) -> torch.Tensor:
-    return sum(r.abs().sum(1, dtype=torch.float64) for r in filter_rows(model, group))
+    return sum(ops.filter_norms(filter_rows(model, group), 1))
 
 
 def l2(model: nn.Module, group: Group) -> torch.Tensor:
-    return sum(r.double().norm(dim=1) for r in filter_rows(model, group))
+    return sum(ops.filter_norms(filter_rows(model, group), 2))
 
 
 def fpgm(model: nn.Module, group: Group) -> torch.Tensor:
     """Sum of each filter's distances to the other filters of its layer (geometric median):
     filters near the median are the most replaceable, so they score lowest."""
-    return sum(torch.cdist(r.double(), r.double()).sum(1) for r in filter_rows(model, group))
+    return sum(ops.fpgm(filter_rows(model, group)))
 
 
 def bn_scale(model: nn.Module, group: Group) -> torch.Tensor:
     modules = dict(model.named_modules())
-    scores = [
-        modules[s.module].weight.detach().abs().double()
+    gammas = [
+        modules[s.module].weight
         for s in group.slots
         if s.kind == "bn" and len(s.segs) == 1 and modules[s.module].weight is not None
     ]
-    return sum(scores) if scores else l1(model, group)
+    return sum(ops.bn_scale(gammas)) if gammas else l1(model, group)
 
 
 def random_scores(seed: int = 0) -> Criterion:
@@ -75,11 +76,34 @@ def get_criterion(name_or_fn: str | Criterion) -> Criterion:
     return CRITERIA[name_or_fn]
 
 
+def group_scores(model: nn.Module, groups: list[Group], criterion: str | Criterion):
+    """Scores of every group; the filter criteria go through ONE native call for the whole
+    model (``ops``), summed back per group."""
+    if criterion in _BATCHED:
+        rows = [filter_rows(model, g) for g in groups]
+        flat = [r for rs in rows for r in rs]
+        scores = _BATCHED[criterion](flat)
+        out, i = {}, 0
+        for g, rs in zip(groups, rows):
+            out[g.name] = sum(scores[i : i + len(rs)])
+            i += len(rs)
+        return out
+    fn = get_criterion(criterion)
+    return {g.name: fn(model, g) for g in groups}
+
+
 def ranks(model: nn.Module, groups: list[Group], criterion: str | Criterion) -> dict[str, list]:
     """For each group, its channel indices from most to least important (ties: lower index)."""
-    fn = get_criterion(criterion)
     out = {}
+    all_scores = group_scores(model, groups, criterion)
     for g in groups:
-        scores = fn(model, g)
-        out[g.name] = sorted(range(g.channels), key=lambda i: (-float(scores[i]), i))
+        scores = all_scores[g.name].tolist()
+        out[g.name] = sorted(range(g.channels), key=lambda i: (-scores[i], i))
     return out
+
+
+_BATCHED = {
+    "l1": lambda ws: ops.filter_norms(ws, 1),
+    "l2": lambda ws: ops.filter_norms(ws, 2),
+    "fpgm": ops.fpgm,
+}

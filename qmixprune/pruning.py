@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from . import ops
 from .errors import UserError
 from .graph import Graph, analyze
 from .importance import Criterion, ranks
@@ -116,13 +117,36 @@ def slot_indices(graph: Graph, plan: Plan, segs) -> torch.Tensor | None:
 
 
 def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
-    """A pruned deep copy of ``model``; the original is untouched."""
+    """A pruned deep copy of ``model``; the original is untouched. Every tensor of the plan
+    is cut in one ``ops.gather_channels`` call (native kernels where built)."""
     new = copy.deepcopy(model)
     modules = dict(new.named_modules())
+    cuts: dict[tuple[str, str], list] = {}  # (module, tensor) -> [rows, cols]
+    sizes: dict[str, dict[str, int]] = {}
     for slot in graph.slots:
         idx = slot_indices(graph, plan, slot.segs)
-        if idx is not None:
-            _SLICERS[slot.kind](modules[slot.module], idx)
+        if idx is None:
+            continue
+        m = modules[slot.module]
+        for name, dim in _TENSORS[slot.kind]:
+            if getattr(m, name, None) is not None:
+                cuts.setdefault((slot.module, name), [None, None])[dim] = idx
+        for attr in _ATTRS[slot.kind]:
+            sizes.setdefault(slot.module, {})[attr] = len(idx)
+    keys = list(cuts)
+    tensors = [getattr(modules[m], n).data for m, n in keys]
+    new_tensors = ops.gather_channels(
+        tensors, [cuts[k][0] for k in keys], [cuts[k][1] for k in keys]
+    )
+    for (m, n), data in zip(keys, new_tensors):
+        old = getattr(modules[m], n)
+        if isinstance(old, nn.Parameter):
+            setattr(modules[m], n, nn.Parameter(data, requires_grad=old.requires_grad))
+        else:
+            setattr(modules[m], n, data)
+    for m, attrs in sizes.items():
+        for attr, n in attrs.items():
+            setattr(modules[m], attr, (n,) if attr == "normalized_shape" else n)
     counts = dict(getattr(model, PLAN_ATTR, {}))
     counts.update({name: len(k) for name, k in plan.keep.items()})
     setattr(new, PLAN_ATTR, counts)
@@ -145,59 +169,22 @@ def prune(
     return apply_plan(model, graph, plan)
 
 
-def _take(module: nn.Module, names: tuple[str, ...], dim: int, idx: torch.Tensor) -> None:
-    for name in names:
-        t = getattr(module, name, None)
-        if t is None:
-            continue
-        data = t.data.index_select(dim, idx.to(t.device))
-        if isinstance(t, nn.Parameter):
-            setattr(module, name, nn.Parameter(data, requires_grad=t.requires_grad))
-        else:
-            setattr(module, name, data)
-
-
-def _conv_out(m, idx):
-    _take(m, ("weight", "bias"), 0, idx)
-    m.out_channels = len(idx)
-
-
-def _conv_in(m, idx):
-    _take(m, ("weight",), 1, idx)
-    m.in_channels = len(idx)
-
-
-def _depthwise(m, idx):
-    _take(m, ("weight", "bias"), 0, idx)
-    m.in_channels = m.out_channels = m.groups = len(idx)
-
-
-def _linear_out(m, idx):
-    _take(m, ("weight", "bias"), 0, idx)
-    m.out_features = len(idx)
-
-
-def _linear_in(m, idx):
-    _take(m, ("weight",), 1, idx)
-    m.in_features = len(idx)
-
-
-def _batchnorm(m, idx):
-    _take(m, ("weight", "bias", "running_mean", "running_var"), 0, idx)
-    m.num_features = len(idx)
-
-
-def _layernorm(m, idx):
-    _take(m, ("weight", "bias"), 0, idx)
-    m.normalized_shape = (len(idx),)
-
-
-_SLICERS = {
-    "conv_out": _conv_out,
-    "conv_in": _conv_in,
-    "dw": _depthwise,
-    "linear_out": _linear_out,
-    "linear_in": _linear_in,
-    "bn": _batchnorm,
-    "ln": _layernorm,
+# Which tensors (and along which dim) and which size attributes each slot kind cuts.
+_TENSORS = {
+    "conv_out": (("weight", 0), ("bias", 0)),
+    "conv_in": (("weight", 1),),
+    "dw": (("weight", 0), ("bias", 0)),
+    "linear_out": (("weight", 0), ("bias", 0)),
+    "linear_in": (("weight", 1),),
+    "bn": (("weight", 0), ("bias", 0), ("running_mean", 0), ("running_var", 0)),
+    "ln": (("weight", 0), ("bias", 0)),
+}
+_ATTRS = {
+    "conv_out": ("out_channels",),
+    "conv_in": ("in_channels",),
+    "dw": ("in_channels", "out_channels", "groups"),
+    "linear_out": ("out_features",),
+    "linear_in": ("in_features",),
+    "bn": ("num_features",),
+    "ln": ("normalized_shape",),
 }

@@ -1,0 +1,66 @@
+// Argument checks shared by the CPU and CUDA kernels: every bad input becomes a Python
+// exception with a message naming the op and the argument, never a crash.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace qmixprune {
+
+inline void check_weights(at::TensorList ws, const char* op) {
+  for (size_t i = 0; i < ws.size(); ++i) {
+    const auto& w = ws[i];
+    TORCH_CHECK(w.dim() >= 1, op, ": weights[", i, "] must have at least 1 dimension (filters "
+                "along dim 0), got a scalar");
+    TORCH_CHECK(at::isFloatingType(w.scalar_type()), op, ": weights[", i,
+                "] must be floating point, got ", w.scalar_type());
+    TORCH_CHECK(w.device() == ws[0].device(), op, ": weights[", i, "] is on ", w.device(),
+                " but weights[0] is on ", ws[0].device());
+  }
+}
+
+// Validates one index tensor for gather_channels against the size it indexes into.
+inline void check_index(const at::Tensor& idx, int64_t size, const at::Tensor& t, size_t i,
+                        const char* which) {
+  TORCH_CHECK(idx.dim() == 1, "gather_channels: ", which, "[", i, "] must be 1-D, got ",
+              idx.dim(), "-D");
+  TORCH_CHECK(idx.scalar_type() == at::kLong, "gather_channels: ", which, "[", i,
+              "] must be int64, got ", idx.scalar_type());
+  TORCH_CHECK(idx.device() == t.device(), "gather_channels: ", which, "[", i, "] is on ",
+              idx.device(), " but tensors[", i, "] is on ", t.device());
+  if (idx.numel() == 0) return;
+  auto cpu = idx.device().is_cpu() ? idx : idx.cpu();
+  auto lo = cpu.min().item<int64_t>();
+  auto hi = cpu.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0, "gather_channels: ", which, "[", i, "] holds a negative index ", lo);
+  TORCH_CHECK(hi < size, "gather_channels: ", which, "[", i, "] holds index ", hi,
+              " but the dimension has size ", size);
+  auto uniq = std::get<0>(at::_unique(cpu, /*sorted=*/false));
+  TORCH_CHECK(uniq.numel() == cpu.numel(), "gather_channels: ", which, "[", i,
+              "] holds duplicated indices");
+}
+
+inline void check_plan(at::TensorList tensors, const c10::List<std::optional<at::Tensor>>& rows,
+                       const c10::List<std::optional<at::Tensor>>& cols) {
+  TORCH_CHECK(rows.size() == tensors.size() && cols.size() == tensors.size(),
+              "gather_channels: rows and cols need one entry per tensor (", tensors.size(),
+              "), got ", rows.size(), " and ", cols.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    std::optional<at::Tensor> r = rows[i];
+    std::optional<at::Tensor> c = cols[i];
+    if (r.has_value()) {
+      TORCH_CHECK(t.dim() >= 1, "gather_channels: tensors[", i, "] is a scalar; it has no rows");
+      check_index(*r, t.size(0), t, i, "rows");
+    }
+    if (c.has_value()) {
+      TORCH_CHECK(t.dim() >= 2, "gather_channels: tensors[", i, "] has ", t.dim(),
+                  " dimension(s); cols needs at least 2");
+      check_index(*c, t.size(1), t, i, "cols");
+    }
+  }
+}
+
+}  // namespace qmixprune

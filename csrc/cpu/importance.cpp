@@ -1,0 +1,158 @@
+// CPU kernels for filter importance and activation statistics. Work is spread over every
+// filter of every layer at once (one parallel_for per call), so a whole model's many small
+// layers keep all cores busy.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+
+namespace qmixprune {
+namespace {
+
+struct Rows {
+  std::vector<at::Tensor> weights;  // contiguous [rows, cols] views
+  std::vector<at::Tensor> out;      // float64 [rows]
+  std::vector<int64_t> first;       // global index of each layer's first row
+  int64_t total = 0;
+
+  explicit Rows(at::TensorList ws) {
+    for (const auto& w : ws) {
+      auto rows = w.size(0);
+      auto flat = w.contiguous().reshape({rows, rows ? w.numel() / rows : 0});
+      weights.push_back(flat);
+      out.push_back(at::zeros({rows}, w.options().dtype(at::kDouble)));
+      first.push_back(total);
+      total += rows;
+    }
+  }
+  // layer of a global row index
+  size_t layer(int64_t g) const {
+    return std::upper_bound(first.begin(), first.end(), g) - first.begin() - 1;
+  }
+};
+
+std::vector<at::Tensor> filter_norms_cpu(at::TensorList weights, int64_t p) {
+  TORCH_CHECK(p == 1 || p == 2, "filter_norms: p must be 1 or 2, got ", p);
+  check_weights(weights, "filter_norms");
+  Rows rows(weights);
+  at::parallel_for(0, rows.total, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      auto l = rows.layer(g);
+      auto r = g - rows.first[l];
+      const auto& w = rows.weights[l];
+      auto cols = w.size(1);
+      double acc = 0.0;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "filter_norms", [&] {
+        const scalar_t* src = w.data_ptr<scalar_t>() + r * cols;
+        for (int64_t c = 0; c < cols; ++c) {
+          double v = static_cast<double>(src[c]);
+          acc += p == 1 ? std::abs(v) : v * v;
+        }
+      });
+      rows.out[l].data_ptr<double>()[r] = p == 1 ? acc : std::sqrt(acc);
+    }
+  });
+  return rows.out;
+}
+
+std::vector<at::Tensor> fpgm_cpu(at::TensorList weights) {
+  check_weights(weights, "fpgm");
+  std::vector<at::Tensor> out;
+  // The Gram matrix of each layer comes from BLAS (at::mm, float32 inputs, float32 or
+  // float64 by the weight's dtype); the distances and their sums are fused below in float64.
+  std::vector<at::Tensor> grams, norms;
+  for (const auto& w : weights) {
+    auto rows = w.size(0);
+    auto flat = w.contiguous().reshape({rows, rows ? w.numel() / rows : 0});
+    auto work = flat.scalar_type() == at::kDouble ? flat : flat.to(at::kFloat);
+    grams.push_back(at::mm(work, work.t()).to(at::kDouble).contiguous());
+    norms.push_back(grams.back().diagonal().contiguous());
+    out.push_back(at::zeros({rows}, w.options().dtype(at::kDouble)));
+  }
+  std::vector<int64_t> first;
+  int64_t total = 0;
+  for (const auto& o : out) {
+    first.push_back(total);
+    total += o.numel();
+  }
+  at::parallel_for(0, total, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      size_t l = std::upper_bound(first.begin(), first.end(), g) - first.begin() - 1;
+      int64_t i = g - first[l];
+      int64_t n = out[l].numel();
+      const double* gram = grams[l].data_ptr<double>() + i * n;
+      const double* sq = norms[l].data_ptr<double>();
+      double acc = 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        if (j == i) continue;
+        double d2 = sq[i] + sq[j] - 2.0 * gram[j];
+        acc += d2 > 0.0 ? std::sqrt(d2) : 0.0;
+      }
+      out[l].data_ptr<double>()[i] = acc;
+    }
+  });
+  return out;
+}
+
+std::vector<at::Tensor> bn_scale_cpu(at::TensorList gammas) {
+  check_weights(gammas, "bn_scale");
+  std::vector<at::Tensor> out;
+  for (const auto& g : gammas) {
+    TORCH_CHECK(g.dim() == 1, "bn_scale: BatchNorm weights are 1-D, got ", g.dim(), "-D");
+    out.push_back(g.to(at::kDouble).abs());
+  }
+  return out;
+}
+
+void channel_stats_cpu(const at::Tensor& act, at::Tensor& abs_sum, at::Tensor& zeros) {
+  TORCH_CHECK(act.dim() >= 2, "channel_stats_: activations need [N, C, ...], got ", act.dim(), "-D");
+  auto channels = act.size(1);
+  TORCH_CHECK(abs_sum.dim() == 1 && abs_sum.size(0) == channels && abs_sum.scalar_type() == at::kDouble,
+              "channel_stats_: abs_sum must be float64 of shape [", channels, "]");
+  TORCH_CHECK(zeros.dim() == 1 && zeros.size(0) == channels && zeros.scalar_type() == at::kLong,
+              "channel_stats_: zeros must be int64 of shape [", channels, "]");
+  TORCH_CHECK(abs_sum.is_contiguous() && zeros.is_contiguous(), "channel_stats_: outputs must be contiguous");
+  TORCH_CHECK(at::isFloatingType(act.scalar_type()), "channel_stats_: activations must be floating point");
+  auto a = act.contiguous();
+  int64_t n = a.size(0);
+  int64_t inner = channels ? a.numel() / (n * channels) : 0;
+  double* s = abs_sum.data_ptr<double>();
+  int64_t* z = zeros.data_ptr<int64_t>();
+  // channels are independent: each thread owns whole channels, no atomics, no temporaries
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "channel_stats_", [&] {
+    const scalar_t* src = a.data_ptr<scalar_t>();
+    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        double acc = 0.0;
+        int64_t zc = 0;
+        for (int64_t b = 0; b < n; ++b) {
+          const scalar_t* p = src + (b * channels + c) * inner;
+          for (int64_t k = 0; k < inner; ++k) {
+            double v = static_cast<double>(p[k]);
+            acc += std::abs(v);
+            zc += v == 0.0;
+          }
+        }
+        s[c] += acc;
+        z[c] += zc;
+      }
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qmixprune, CPU, m) {
+  m.impl("filter_norms", &filter_norms_cpu);
+  m.impl("fpgm", &fpgm_cpu);
+  m.impl("bn_scale", &bn_scale_cpu);
+  m.impl("channel_stats_", &channel_stats_cpu);
+}
+
+}  // namespace qmixprune

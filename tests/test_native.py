@@ -1,0 +1,170 @@
+"""Native kernels against the pure-PyTorch reference (the answer key)."""
+
+import pytest
+import torch
+
+import qmixprune.native as native
+from qmixprune import analyze, apply_plan, make_plan, ops
+from qmixprune.models import create
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="qmixprune._C was not built")
+
+SHAPES = [[(64, 3, 3, 3), (128, 64, 3, 3), (10, 512)], [(1, 5)], [(7,)], [(0, 4)], [(3, 0)]]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def make(shapes, dtype, contiguous=True):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for s in shapes:
+        w = torch.randn(*s, generator=g).to(dtype)
+        if not contiguous and w.dim() >= 2:
+            w = w.transpose(0, 1).contiguous().transpose(0, 1)  # same values, strided
+        out.append(w)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shapes", SHAPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_filter_norms_and_bn_scale(shapes, dtype, contiguous):
+    ws = make(shapes, dtype, contiguous)
+    for p in (1, 2):
+        for a, b in zip(ops.filter_norms(ws, p, True), ops.filter_norms(ws, p, False)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    gammas = [w.reshape(-1) for w in ws]
+    for a, b in zip(ops.bn_scale(gammas, True), ops.bn_scale(gammas, False)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_fpgm(shapes, dtype):
+    ws = make(shapes, dtype, contiguous=False)
+    # documented tolerance: the Gram matrix is float32 unless the weights are float64
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for a, b in zip(ops.fpgm(ws, True), ops.fpgm(ws, False)):
+        torch.testing.assert_close(
+            a, b, rtol=tol, atol=tol * max([1.0, *b.abs().tolist()])
+        )
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.int64, torch.bool, torch.uint8])
+def test_gather_channels_exact(dtype):
+    g = torch.Generator().manual_seed(1)
+    ts = [
+        torch.randn(8, 6, 3, 3, generator=g),
+        torch.randn(8, generator=g),
+        torch.randn(5, 7, generator=g).t(),
+        torch.randn(4, 2, generator=g),
+        torch.randn(3, 1),
+    ]
+    ts = [(t * 10).to(dtype) for t in ts]
+    rows = [
+        torch.tensor([7, 0, 3]),
+        torch.tensor([1, 2]),
+        None,
+        torch.tensor([], dtype=torch.long),
+        torch.tensor([0]),
+    ]
+    cols = [torch.tensor([5, 0]), None, torch.tensor([4, 1]), None, torch.tensor([0])]
+    for a, b in zip(
+        ops.gather_channels(ts, rows, cols, True), ops.gather_channels(ts, rows, cols, False)
+    ):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_channel_stats_accumulate():
+    g = torch.Generator().manual_seed(2)
+    sums = [torch.zeros(5, dtype=torch.float64) for _ in range(2)]
+    zeros = [torch.zeros(5, dtype=torch.long) for _ in range(2)]
+    for _ in range(3):
+        act = torch.relu(torch.randn(4, 5, 6, 6, generator=g)).half()
+        ops.channel_stats_(act, sums[0], zeros[0], True)
+        ops.channel_stats_(act, sums[1], zeros[1], False)
+    torch.testing.assert_close(sums[0], sums[1])
+    assert torch.equal(zeros[0], zeros[1]) and zeros[0].sum() > 0
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: ops.filter_norms([torch.tensor(1.0)], 1, True), "at least 1 dimension"),
+        (lambda: ops.filter_norms([torch.ones(3, 2, dtype=torch.long)], 1, True), "floating point"),
+        (lambda: ops.filter_norms([torch.ones(3, 2)], 3, True), "p must be 1 or 2"),
+        (
+            lambda: ops.gather_channels([torch.ones(4, 3)], [torch.tensor([4])], [None], True),
+            "index 4 but the dimension has size 4",
+        ),
+        (
+            lambda: ops.gather_channels([torch.ones(4, 3)], [torch.tensor([-1])], [None], True),
+            "negative index",
+        ),
+        (
+            lambda: ops.gather_channels([torch.ones(4, 3)], [torch.tensor([1, 1])], [None], True),
+            "duplicated",
+        ),
+        (
+            lambda: ops.gather_channels([torch.ones(4, 3)], [torch.tensor([[1]])], [None], True),
+            "must be 1-D",
+        ),
+        (
+            lambda: ops.gather_channels(
+                [torch.ones(4, 3)], [torch.tensor([1], dtype=torch.int32)], [None], True
+            ),
+            "must be int64",
+        ),
+        (
+            lambda: ops.gather_channels([torch.ones(4)], [None], [torch.tensor([0])], True),
+            "cols needs at least 2",
+        ),
+        (lambda: ops.gather_channels([torch.ones(4)], [], [], True), "one entry per tensor"),
+        (
+            lambda: ops.channel_stats_(
+                torch.ones(2, 3),
+                torch.zeros(2, dtype=torch.float64),
+                torch.zeros(3, dtype=torch.long),
+                True,
+            ),
+            "abs_sum must be",
+        ),
+    ],
+)
+def test_bad_input_raises_not_crashes(call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call()
+
+
+def test_opcheck():
+    w = [torch.randn(6, 3, 3, 3), torch.randn(4, 6)]
+    checks = ("test_schema", "test_faketensor")
+    ops.filter_norms(w, 1, True)  # registers the fake kernels
+    torch.library.opcheck(torch.ops.qmixprune.filter_norms.default, (w, 2), test_utils=checks)
+    torch.library.opcheck(torch.ops.qmixprune.fpgm.default, (w,), test_utils=checks)
+    torch.library.opcheck(
+        torch.ops.qmixprune.bn_scale.default, ([torch.randn(5)],), test_utils=checks
+    )
+    torch.library.opcheck(
+        torch.ops.qmixprune.gather_channels.default,
+        ([w[0]], [torch.tensor([0, 2])], [torch.tensor([1])]),
+        test_utils=checks,
+    )
+    act = torch.randn(2, 3, 4)
+    torch.library.opcheck(
+        torch.ops.qmixprune.channel_stats_.default,
+        (act, torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.long)),
+        test_utils=checks,
+    )
+
+
+def test_pruning_identical_with_and_without_native(monkeypatch):
+    m = create("resnet56", width=0.5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    g = analyze(m, x)
+    plan = make_plan(m, g, 0.5, importance="fpgm")
+    a = apply_plan(m, g, plan)
+    monkeypatch.setattr(native, "available", lambda: False)
+    assert make_plan(m, g, 0.5, importance="fpgm") == plan
+    b = apply_plan(m, g, plan)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
