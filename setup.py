@@ -55,7 +55,7 @@ def _extensions():
             file=sys.stderr,
         )
         return [], {}
-    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    sources = ["csrc/module.cpp", "csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     with_cuda = bool(cuda_home) and torch.version.cuda is not None
     if mode == "1" and not with_cuda:
         sys.exit("QMIXPRUNE_CUDA=1 but no CUDA toolkit (CUDA_HOME) or no CUDA build of torch")

@@ -1,6 +1,5 @@
 // Schemas of qmixprune's native ops. Kernels register themselves per dispatch key in
 // cpu/*.cpp and cuda/*.cu, so one Python call routes by the tensors' device.
-#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(qmixprune, m) {
@@ -15,8 +14,3 @@ TORCH_LIBRARY(qmixprune, m) {
   // New tensors keeping rows[i] along dim 0 and cols[i] along dim 1 (None keeps all).
   m.def("gather_channels(Tensor[] tensors, Tensor?[] rows, Tensor?[] cols) -> Tensor[]");
 }
-
-// The shared library is imported as the Python module qmixprune._C; importing it runs
-// the registrations above.
-static struct PyModuleDef qmixprune_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&qmixprune_module); }

@@ -44,9 +44,7 @@ def test_fpgm(shapes, dtype):
     # documented tolerance: the Gram matrix is float32 unless the weights are float64
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     for a, b in zip(ops.fpgm(ws, True), ops.fpgm(ws, False)):
-        torch.testing.assert_close(
-            a, b, rtol=tol, atol=tol * max([1.0, *b.abs().tolist()])
-        )
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * max([1.0, *b.abs().tolist()]))
 
 
 @pytest.mark.parametrize("dtype", [*DTYPES, torch.int64, torch.bool, torch.uint8])
@@ -168,3 +166,26 @@ def test_pruning_identical_with_and_without_native(monkeypatch):
     b = apply_plan(m, g, plan)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+def test_cmake_build_and_ctest(tmp_path):
+    """CMakeLists.txt builds the same sources standalone and its C++ test passes."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("cmake") is None or shutil.which("ctest") is None:
+        pytest.skip("cmake is not installed")
+    root = Path(__file__).resolve().parents[1]
+    build = tmp_path / "build"
+    for cmd in (
+        ["cmake", "-S", str(root), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}"],
+        ["cmake", "--build", str(build), "-j2"],
+        ["ctest", "--test-dir", str(build), "--output-on-failure"],
+    ):
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert (
+        "native C++ test passed" in (build / "Testing" / "Temporary" / "LastTest.log").read_text()
+    )
