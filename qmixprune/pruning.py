@@ -116,12 +116,12 @@ def slot_indices(graph: Graph, plan: Plan, segs) -> torch.Tensor | None:
     return torch.cat(parts) if changed else None
 
 
-def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
-    """A pruned deep copy of ``model``; the original is untouched. Every tensor of the plan
-    is cut in one ``ops.gather_channels`` call (native kernels where built)."""
-    new = copy.deepcopy(model)
-    modules = dict(new.named_modules())
-    cuts: dict[tuple[str, str], list] = {}  # (module, tensor) -> [rows, cols]
+def plan_cuts(model: nn.Module, graph: Graph, plan: Plan):
+    """What removing ``plan`` cuts: ``(keys, tensors, rows, cols, sizes)`` where ``keys[i]``
+    is (module, tensor name) of ``tensors[i]``, kept along dim 0 by ``rows[i]`` and dim 1 by
+    ``cols[i]`` (None: all), and ``sizes`` the new size attributes per module."""
+    modules = dict(model.named_modules())
+    cuts: dict[tuple[str, str], list] = {}
     sizes: dict[str, dict[str, int]] = {}
     for slot in graph.slots:
         idx = slot_indices(graph, plan, slot.segs)
@@ -135,10 +135,16 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
             sizes.setdefault(slot.module, {})[attr] = len(idx)
     keys = list(cuts)
     tensors = [getattr(modules[m], n).data for m, n in keys]
-    new_tensors = ops.gather_channels(
-        tensors, [cuts[k][0] for k in keys], [cuts[k][1] for k in keys]
-    )
-    for (m, n), data in zip(keys, new_tensors):
+    return keys, tensors, [cuts[k][0] for k in keys], [cuts[k][1] for k in keys], sizes
+
+
+def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
+    """A pruned deep copy of ``model``; the original is untouched. Every tensor of the plan
+    is cut in one ``ops.gather_channels`` call (native kernels where built)."""
+    new = copy.deepcopy(model)
+    modules = dict(new.named_modules())
+    keys, tensors, rows, cols, sizes = plan_cuts(new, graph, plan)
+    for (m, n), data in zip(keys, ops.gather_channels(tensors, rows, cols)):
         old = getattr(modules[m], n)
         if isinstance(old, nn.Parameter):
             setattr(modules[m], n, nn.Parameter(data, requires_grad=old.requires_grad))

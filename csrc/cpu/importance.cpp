@@ -37,6 +37,26 @@ struct Rows {
   }
 };
 
+// One filter's L1 or L2 norm; P is a template parameter and four independent accumulators
+// let the compiler vectorise the loop.
+template <int P, typename scalar_t>
+double row_norm(const scalar_t* src, int64_t cols) {
+  double acc[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t c = 0;
+  for (; c + 4 <= cols; c += 4) {
+    for (int k = 0; k < 4; ++k) {
+      double v = static_cast<double>(src[c + k]);
+      acc[k] += P == 1 ? std::abs(v) : v * v;
+    }
+  }
+  for (; c < cols; ++c) {
+    double v = static_cast<double>(src[c]);
+    acc[0] += P == 1 ? std::abs(v) : v * v;
+  }
+  double total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  return P == 1 ? total : std::sqrt(total);
+}
+
 std::vector<at::Tensor> filter_norms_cpu(at::TensorList weights, int64_t p) {
   TORCH_CHECK(p == 1 || p == 2, "filter_norms: p must be 1 or 2, got ", p);
   check_weights(weights, "filter_norms");
@@ -47,15 +67,12 @@ std::vector<at::Tensor> filter_norms_cpu(at::TensorList weights, int64_t p) {
       auto r = g - rows.first[l];
       const auto& w = rows.weights[l];
       auto cols = w.size(1);
-      double acc = 0.0;
+      double value = 0.0;
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "filter_norms", [&] {
         const scalar_t* src = w.data_ptr<scalar_t>() + r * cols;
-        for (int64_t c = 0; c < cols; ++c) {
-          double v = static_cast<double>(src[c]);
-          acc += p == 1 ? std::abs(v) : v * v;
-        }
+        value = p == 1 ? row_norm<1>(src, cols) : row_norm<2>(src, cols);
       });
-      rows.out[l].data_ptr<double>()[r] = p == 1 ? acc : std::sqrt(acc);
+      rows.out[l].data_ptr<double>()[r] = value;
     }
   });
   return rows.out;
