@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def load(path: str | os.PathLike) -> nn.Module:
         raise UserError(f"{path} has damaged metadata: {exc}") from exc
     model = models.create(**spec)
     if counts:
-        graph = analyze(model, torch.zeros(1, *shape))
+        with warnings.catch_warnings():  # the analysis warned when the model was pruned
+            warnings.simplefilter("ignore")
+            graph = analyze(model, torch.zeros(1, *shape))
         model = apply_plan(model, graph, plan_for_counts(graph, counts))
     try:
         model.load_state_dict(tensors, strict=True)

@@ -22,7 +22,11 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
             "a TorchScript module cannot be analysed: torch.fx needs the Python module; "
             "load the weights as a state dict with --arch instead"
         )
+    modes = {m: m.training for m in model.modules()}
     try:
+        # Traced in training mode so that branches used only in training (auxiliary heads)
+        # are in the graph and pruned consistently; shapes are recorded in eval mode.
+        model.train()
         graph = fx.Tracer().trace(model)
     except Exception as exc:  # fx raises many types; all mean "cannot trace"
         raise TraceError(
@@ -30,8 +34,10 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
             f"{_user_frame(exc)}. Data-dependent control flow and Python ops on tensor values "
             "cannot be traced: rewrite them, or wrap the function with torch.fx.wrap"
         ) from exc
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
     gm = fx.GraphModule(model, graph)
-    modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
