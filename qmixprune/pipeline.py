@@ -241,10 +241,11 @@ def _write_outputs(result: Result, teacher, cfg: CompressConfig, out: Path, x, f
 def _versions() -> dict:
     import platform
 
-    from . import __version__
+    from . import __version__, native
 
     return {
         "qmixprune": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "backend": native.backend(),  # native kernels or the PyTorch reference path
     }

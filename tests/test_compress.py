@@ -51,6 +51,7 @@ def test_python_api_result_and_outputs(tmp_path, model_file):
     assert rep["target_flops"] == 0.5 and 0 <= rep["pruned"]["test_acc"] <= 1
     assert {"macs", "params", "test_acc"} <= set(rep["original"])
     assert rep["latency"]["results"][1]["model"] == "pruned"
+    assert rep["versions"]["backend"] in ("native", "reference")
     loaded = q.load(out / "model.safetensors")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), res.model.eval()(x))
