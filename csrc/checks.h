@@ -31,15 +31,18 @@ inline void check_index(const at::Tensor& idx, int64_t size, const at::Tensor& t
   TORCH_CHECK(idx.device() == t.device(), "gather_channels: ", which, "[", i, "] is on ",
               idx.device(), " but tensors[", i, "] is on ", t.device());
   if (idx.numel() == 0) return;
-  auto cpu = idx.device().is_cpu() ? idx : idx.cpu();
-  auto lo = cpu.min().item<int64_t>();
-  auto hi = cpu.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0, "gather_channels: ", which, "[", i, "] holds a negative index ", lo);
-  TORCH_CHECK(hi < size, "gather_channels: ", which, "[", i, "] holds index ", hi,
-              " but the dimension has size ", size);
-  auto uniq = std::get<0>(at::_unique(cpu, /*sorted=*/false));
-  TORCH_CHECK(uniq.numel() == cpu.numel(), "gather_channels: ", which, "[", i,
-              "] holds duplicated indices");
+  auto cpu = idx.device().is_cpu() ? idx.contiguous() : idx.cpu().contiguous();
+  // one pass: range and duplicates (a bitmap), no sort and no temporaries per check
+  const int64_t* p = cpu.data_ptr<int64_t>();
+  std::vector<bool> seen(static_cast<size_t>(size), false);
+  for (int64_t k = 0; k < cpu.numel(); ++k) {
+    int64_t v = p[k];
+    TORCH_CHECK(v >= 0, "gather_channels: ", which, "[", i, "] holds a negative index ", v);
+    TORCH_CHECK(v < size, "gather_channels: ", which, "[", i, "] holds index ", v,
+                " but the dimension has size ", size);
+    TORCH_CHECK(!seen[v], "gather_channels: ", which, "[", i, "] holds duplicated indices");
+    seen[v] = true;
+  }
 }
 
 inline void check_plan(at::TensorList tensors, const c10::List<std::optional<at::Tensor>>& rows,

@@ -17,6 +17,8 @@ from . import native
 
 def _use_native(native_flag: bool | None) -> bool:
     use = native.available() if native_flag is None else native_flag
+    if use and not native.available():
+        raise RuntimeError("the native kernels were asked for but qmixprune._C is not built")
     if use:
         _register_fakes()
     return use

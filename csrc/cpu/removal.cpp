@@ -14,6 +14,13 @@
 namespace qmixprune {
 namespace {
 
+template <typename word_t>
+void copy_cells(const char* src, char* dst, const int64_t* cols, int64_t n) {
+  auto* s = reinterpret_cast<const word_t*>(src);
+  auto* d = reinterpret_cast<word_t*>(dst);
+  for (int64_t c = 0; c < n; ++c) d[c] = s[cols[c]];
+}
+
 std::vector<at::Tensor> gather_channels_cpu(at::TensorList tensors,
                                             const c10::List<std::optional<at::Tensor>>& rows,
                                             const c10::List<std::optional<at::Tensor>>& cols) {
@@ -69,7 +76,13 @@ std::vector<at::Tensor> gather_channels_cpu(at::TensorList tensors,
       const int64_t* ci = j.col_idx.data_ptr<int64_t>();
       const char* s = src + src_row * j.in_cols * run;
       char* d = dst + r * j.out_cols * run;
-      for (int64_t c = 0; c < j.out_cols; ++c) std::memcpy(d + c * run, s + ci[c] * run, run);
+      switch (run) {  // one element per cell (1x1 convs, linears): typed copies, no memcpy calls
+        case 2: copy_cells<uint16_t>(s, d, ci, j.out_cols); break;
+        case 4: copy_cells<uint32_t>(s, d, ci, j.out_cols); break;
+        case 8: copy_cells<uint64_t>(s, d, ci, j.out_cols); break;
+        default:
+          for (int64_t c = 0; c < j.out_cols; ++c) std::memcpy(d + c * run, s + ci[c] * run, run);
+      }
     }
   });
   return out;
