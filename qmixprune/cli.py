@@ -58,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--latency-table", help="table from `qmixprune profile`")
         sp.add_argument("--episodes", type=int)
+        sp.add_argument(
+            "--envs",
+            type=int,
+            help="episodes per iteration, scored as one batch (shared across ranks under torchrun)",
+        )
         sp.add_argument("--max-evaluations", type=int, help="stop after this many plans scored")
         sp.add_argument("--steps", type=int, help="pruning steps per episode")
         sp.add_argument("--round-to", type=int, help="kept channels a multiple of this")
@@ -231,6 +236,7 @@ def search_config(args):
 
     flags = {
         "episodes": args.episodes,
+        "envs": args.envs,
         "max_evaluations": args.max_evaluations,
         "seed": args.seed,
         "env": {
@@ -247,14 +253,13 @@ def search_config(args):
 def _search(args) -> int:
     from .data import load_data
     from .pipeline import run_search
-    from .report import prepare_out
 
     cfg = search_config(args)
     if args.target_latency is not None and args.target_flops is None:
         cfg = replace(cfg, env=replace(cfg.env, target_flops=None))  # latency alone
     cfg.env.validate()
     table = _latency_table(args)
-    out = prepare_out(args.output, args.overwrite, args.resume)
+    out = _prepare_out(args)
     model, _ = _load(args)
     data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
     result = run_search(model, data, cfg, out, args.resume, args.quiet, table)
@@ -277,6 +282,7 @@ def compress_config(args):
         "export": False if args.no_export else None,
         "search": {
             "episodes": args.episodes,
+            "envs": args.envs,
             "max_evaluations": args.max_evaluations,
             "env": {
                 "steps": args.steps,
@@ -292,7 +298,6 @@ def compress_config(args):
 def _compress(args) -> int:
     from .data import load_data
     from .pipeline import compress
-    from .report import prepare_out
 
     cfg = compress_config(args)
     if args.target_latency is not None and args.target_flops is None:
@@ -300,13 +305,26 @@ def _compress(args) -> int:
     cfg = replace(cfg, target_latency=args.target_latency or cfg.target_latency)
     cfg.resolved().search.env.validate()
     table = _latency_table(args)
-    out = prepare_out(args.output, args.overwrite, args.resume)
+    out = _prepare_out(args)
     model, _ = _load(args)
     data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
     compress(
         model, data, config=cfg, out=out, resume=args.resume, quiet=args.quiet, latency_table=table
     )
     return EXIT_OK
+
+
+def _prepare_out(args):
+    """The output folder, checked and made by rank 0 only when run under torchrun."""
+    from pathlib import Path
+
+    from .distributed import barrier, init, is_main
+    from .report import prepare_out
+
+    init()
+    out = prepare_out(args.output, args.overwrite, args.resume) if is_main() else None
+    barrier()
+    return out or Path(args.output)
 
 
 def _latency_table(args) -> dict | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from .data import DataSplits
+from .distributed import rank_world
 from .errors import UserError
 from .serialize import atomic_write_bytes
 from .train import augment, evaluate
@@ -68,20 +68,6 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
     return alpha * t * t * kl + (1 - alpha) * ce
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> bool:
-    """Join the process group that torchrun describes in the environment, if any."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return dist.is_initialized()
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
-
-
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -96,7 +82,7 @@ def distill(
     per-epoch history. ``features`` maps a module name to the teacher channels the
     student kept there (for feature distillation)."""
     cfg.validate()
-    rank, world = _world()
+    rank, world = rank_world()
     device = torch.device(
         f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     )

@@ -14,6 +14,7 @@ from .bench import bench
 from .config import as_dict
 from .data import DataSplits
 from .distill import DistillConfig, distill
+from .distributed import is_main
 from .errors import UserError
 from .export import export_onnx
 from .flops import count
@@ -58,7 +59,7 @@ def run_search(
     """QMIX search on ``model``; with ``out``: plan.json, search_log.jsonl, reward_curve.png,
     search_config.json and a checkpoint to resume from."""
     env = build_env(model, data, cfg.env, seed=cfg.seed, latency_table=latency_table)
-    if out is not None:
+    if out is not None and is_main():
         write_json(out / "search_config.json", as_dict(cfg))
     with progress_bar(cfg.episodes, "search", quiet) as update:
 
@@ -66,7 +67,7 @@ def run_search(
             update(1, f"best {entry['best']:.4f}  evals {entry['evaluations']}")
 
         result = search(env, cfg, out, resume=resume, on_episode=on_episode)
-    if out is not None:
+    if out is not None and is_main():
         plan = plan_for_counts(env.graph, result.counts, env.ranking)
         doc = plan_json(env.graph, plan, result.macs_ratio)
         doc.update(
@@ -146,7 +147,7 @@ def compress(
     cfg.search.env.validate()
     log = (lambda *a: None) if quiet else print
     out = Path(out) if out is not None else None
-    if out is not None:
+    if out is not None and is_main():
         write_json(out / "config.json", as_dict(cfg))
     teacher = model.eval()
     x = torch.zeros(1, *data.input_shape)
@@ -195,7 +196,7 @@ def compress(
         versions=_versions(),
         model=student,
     )
-    if out is not None:
+    if out is not None and is_main():
         _write_outputs(result, teacher, cfg, out, x, found, log)
     log(
         f"pruned: {macs1:,} MACs ({macs1 / macs0:.3f}), {params1:,} params, "

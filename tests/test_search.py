@@ -122,3 +122,60 @@ def test_env_rejects_bad_config(env_parts):
     with pytest.raises(UserError, match="target_flops"):
         make_env(env_parts, target_flops=1.2)
     assert isinstance(make_env(env_parts), PruningEnv)
+
+
+def _tiny_env(seed=0):
+    torch.manual_seed(0)
+    data = load_data("digits", seed=0)
+    model = create("vgg16", width=0.125).eval()
+    return build_env(model, data, EnvConfig(reward_batches=1, calib_batches=1), seed=seed)
+
+
+PARALLEL = SearchConfig(
+    episodes=8, envs=4, seed=5, qmix=QmixConfig(warmup=4, epsilon_anneal=4, batch_size=4)
+)
+
+
+def test_parallel_episodes_meet_target_and_count_evaluations():
+    env = _tiny_env()
+    res = search(env, PARALLEL)
+    assert res.episodes == 8 and len(res.log) == 8
+    assert 0.396 <= res.macs_ratio <= 0.4
+    assert env.evaluations == env.local_evaluations == len(env.cache) <= 8
+
+
+def _search_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    env = _tiny_env()
+    res = search(env, PARALLEL)
+    torch.save(
+        {
+            "counts": res.counts,
+            "reward": res.reward,
+            "local": env.local_evaluations,
+            "total": env.evaluations,
+        },
+        f"{out}/rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+def test_distributed_search_shares_evaluations(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_search_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["counts"] == r1["counts"] and r0["reward"] == r1["reward"]
+    assert r0["local"] + r1["local"] == r0["total"] and r0["local"] > 0 and r1["local"] > 0
+    single = search(_tiny_env(), PARALLEL)
+    assert single.counts == r0["counts"] and single.reward == r0["reward"]

@@ -13,10 +13,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..budget import Budget, CostModel, check_reachable, fit_to_budget, floors
+from ..distributed import rank_world
 from ..errors import UserError
 from ..flops import layer_table
 from ..graph import Graph
@@ -83,7 +85,8 @@ class PruningEnv:
         self.ranking = ranks(model, graph.prunable, cfg.importance)
         self.calib, self.val = calib, val[: cfg.reward_batches]
         self.cache: dict[tuple[int, ...], float] = {}
-        self.evaluations = 0
+        self.evaluations = 0  # distinct plans scored, by all ranks together
+        self.local_evaluations = 0  # of which this process scored
         self.static = self._static_features()
         self.obs_dim = self.static.shape[1] + 3 + N_GLOBAL
         self.state_dim = self.n_agents * self.obs_dim + N_GLOBAL
@@ -153,15 +156,16 @@ class PruningEnv:
         obs, state = self.observe(self.keep, self.last, 0)
         return obs, state
 
-    def step(self, actions: torch.Tensor):
-        """Apply one action per agent; returns (obs, state, reward, done)."""
+    def step(self, actions: torch.Tensor, defer: bool = False):
+        """Apply one action per agent; returns (obs, state, reward, done). With ``defer`` the
+        terminal reward is left at 0 for the caller to score in a batch (``evaluate_many``)."""
         floor = torch.tensor([self.low[g] / self.graph.group(g).channels for g in self.groups])
         self.keep = torch.maximum(self.keep - actions.float() * self.cfg.action_step, floor)
         self.last = actions.clone()
         self.t += 1
         done = self.t >= self.cfg.steps
         reward = 0.0
-        if done or self.cfg.step_reward:
+        if (done and not defer) or self.cfg.step_reward:
             value = self.evaluate(self.project(self.keep))
             reward = value - self.prev_reward if self.cfg.step_reward else value
             self.prev_reward = value
@@ -174,12 +178,31 @@ class PruningEnv:
         return fit_to_budget(self.budget, proposal, self.low, self.cfg.round_to)
 
     # -- reward --------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, counts: dict[str, int]) -> float:
         """Reward of a plan: val accuracy (or -loss) of the pruned, BN-recalibrated net."""
-        key = tuple(counts[g] for g in self.groups)
-        if key in self.cache:
-            return self.cache[key]
+        return self.evaluate_many([counts])[0]
+
+    def evaluate_many(self, plans: list[dict[str, int]]) -> list[float]:
+        """Rewards of several plans. Plans not yet in the cache are shared out across the
+        ranks of a torch.distributed group (all ranks must call this together, as they do
+        when they run the same seeded search) and the rewards gathered back to all."""
+        keys = [tuple(p[g] for g in self.groups) for p in plans]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if todo:
+            rank, world = rank_world()
+            values = torch.zeros(len(todo), dtype=torch.float64)
+            for i, key in enumerate(todo):
+                if i % world == rank:
+                    values[i] = self._score(dict(zip(self.groups, key)))
+                    self.local_evaluations += 1
+            if world > 1:
+                dist.all_reduce(values)
+            self.cache.update(zip(todo, values.tolist()))
+            self.evaluations += len(todo)
+        return [self.cache[k] for k in keys]
+
+    @torch.no_grad()
+    def _score(self, counts: dict[str, int]) -> float:
         plan = plan_for_counts(self.graph, counts, self.ranking)
         pruned = apply_plan(self.model, self.graph, plan)
         if self.cfg.adaptive_bn:
@@ -192,11 +215,8 @@ class PruningEnv:
             correct += (out.argmax(1) == y).sum().item()
             loss += F.cross_entropy(out, y, reduction="sum").item()
             total += len(y)
-        value = correct / total if self.cfg.reward == "acc" else -loss / total
-        self.cache[key] = value
-        self.evaluations += 1
         del pruned  # one pruned copy in memory at a time
-        return value
+        return correct / total if self.cfg.reward == "acc" else -loss / total
 
 
 def build_env(

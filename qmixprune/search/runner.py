@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..distributed import is_main
 from ..errors import UserError
 from ..serialize import atomic_write_bytes
 from .buffer import EpisodeBuffer
@@ -30,6 +31,7 @@ class SearchConfig:
     max_evaluations: int | None = None  # stop once this many distinct plans were scored
     seed: int = 0
     checkpoint_every: int = 10
+    envs: int = 1  # episodes run together per iteration, their plans scored as one batch
     env: EnvConfig = field(default_factory=EnvConfig)
     qmix: QmixConfig = field(default_factory=QmixConfig)
 
@@ -106,7 +108,7 @@ class _Run:
             rand = torch.where(near, elite.clamp(0, a - 1), rand)
         return torch.where(explore, rand, greedy)
 
-    def run_episode(self, eps: float) -> dict:
+    def run_episode(self, eps: float, defer: bool = False) -> dict:
         env, steps = self.env, self.env.cfg.steps
         obs, state = env.reset()
         last = torch.zeros(env.n_agents, dtype=torch.long)
@@ -125,7 +127,7 @@ class _Run:
             with torch.no_grad():
                 q, h = self.learner.agent(agent_inputs(obs, last, env.cfg.n_actions), h)
             actions = self.act(q, eps, t)
-            obs, state, reward, done = env.step(actions)
+            obs, state, reward, done = env.step(actions, defer)
             step = {
                 "obs": obs,
                 "state": state,
@@ -140,6 +142,40 @@ class _Run:
         episode = {k: torch.stack(v) for k, v in ep.items()}
         episode["reward"] = episode["reward"].float()
         return episode
+
+
+def _learn_and_log(
+    run: _Run, episode: dict, counts: dict, reward: float, eps: float, start: float
+) -> dict:
+    """Store one finished episode, track the best plan, train the learner, log."""
+    env, q = run.env, run.cfg.qmix
+    run.buffer.add(episode)
+    if run.best is None or reward > run.best[0]:
+        run.best = (reward, counts, episode["actions"].tolist())
+    loss = None
+    if run.episode >= q.warmup and len(run.buffer) >= 2:
+        rewards = run.buffer.rewards()[:, -1]
+        mean, std = float(rewards.mean()), float(rewards.std()) if len(rewards) > 1 else 1.0
+        losses = [
+            run.learner.train(run.buffer.sample(q.batch_size, run.gen), mean, std)
+            for _ in range(q.updates_per_episode)
+        ]
+        loss = sum(losses) / len(losses)
+    run.episode += 1
+    run.seconds = time.perf_counter() - start
+    entry = {
+        "episode": run.episode,
+        "reward": reward,
+        "best": run.best[0],
+        **{k.lower(): v for k, v in env.budget.ratios(counts).items()},
+        "macs": env.cost.ratio(counts),
+        "epsilon": eps,
+        "loss": loss,
+        "evaluations": env.evaluations,
+        "seconds": round(run.seconds, 2),
+    }
+    run.log.append(entry)
+    return entry
 
 
 def search(
@@ -159,54 +195,42 @@ def search(
             run.load_state_dict(torch.load(ckpt, weights_only=True))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UserError(f"{ckpt} is damaged: {exc}; start afresh without --resume") from exc
-    if ckpt is not None:  # the log holds exactly the checkpointed episodes
+    if cfg.envs < 1:
+        raise UserError(f"envs must be >= 1, got {cfg.envs}")
+    if ckpt is not None and is_main():  # the log holds exactly the checkpointed episodes
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(e) + "\n" for e in run.log)
         atomic_write_bytes(ckpt.parent / "search_log.jsonl", lines.encode())
     start = time.perf_counter() - run.seconds
     q = cfg.qmix
+    deferred = not env.cfg.step_reward  # terminal rewards are scored in one batch
     while run.episode < cfg.episodes:
         if cfg.max_evaluations is not None and env.evaluations >= cfg.max_evaluations:
             break
         eps = q.epsilon(run.episode)
-        episode = run.run_episode(eps)
-        run.buffer.add(episode)
-        counts = env.project(env.keep)
-        reward = env.evaluate(counts)
-        if run.best is None or reward > run.best[0]:
-            run.best = (reward, counts, episode["actions"].tolist())
-        loss = None
-        if run.episode >= q.warmup and len(run.buffer) >= 2:
-            rewards = run.buffer.rewards()[:, -1]
-            mean, std = float(rewards.mean()), float(rewards.std()) if len(rewards) > 1 else 1.0
-            losses = [
-                run.learner.train(run.buffer.sample(q.batch_size, run.gen), mean, std)
-                for _ in range(q.updates_per_episode)
-            ]
-            loss = sum(losses) / len(losses)
-        run.episode += 1
-        run.seconds = time.perf_counter() - start
-        entry = {
-            "episode": run.episode,
-            "reward": reward,
-            "best": run.best[0],
-            **{k.lower(): v for k, v in env.budget.ratios(counts).items()},
-            "macs": env.cost.ratio(counts),
-            "epsilon": eps,
-            "loss": loss,
-            "evaluations": env.evaluations,
-            "seconds": round(run.seconds, 2),
-        }
-        run.log.append(entry)
-        if ckpt is not None:
-            with open(ckpt.parent / "search_log.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
-            if run.episode % cfg.checkpoint_every == 0 or run.episode == cfg.episodes:
-                buf = io.BytesIO()
-                torch.save(run.state_dict(), buf)
-                atomic_write_bytes(ckpt, buf.getvalue())
-        if on_episode is not None:
-            on_episode(entry)
+        # E episodes with the same policy (pymarl's parallel runner); their plans are scored
+        # together, shared out across ranks when torch.distributed is active
+        batch, plans = [], []
+        for _ in range(min(cfg.envs, cfg.episodes - run.episode)):
+            batch.append(run.run_episode(eps, defer=deferred))
+            plans.append(env.project(env.keep))
+        rewards = env.evaluate_many(plans)
+        first = run.episode
+        for episode, counts, reward in zip(batch, plans, rewards):
+            if deferred:
+                episode["reward"][-1] = reward
+            entry = _learn_and_log(run, episode, counts, reward, eps, start)
+            if ckpt is not None and is_main():
+                with open(ckpt.parent / "search_log.jsonl", "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            if on_episode is not None:
+                on_episode(entry)
+        every = cfg.checkpoint_every
+        crossed = run.episode // every > first // every or run.episode == cfg.episodes
+        if ckpt is not None and crossed and is_main():  # only at batch boundaries
+            buf = io.BytesIO()
+            torch.save(run.state_dict(), buf)
+            atomic_write_bytes(ckpt, buf.getvalue())
     best_reward, best_counts, _ = run.best
     return SearchResult(
         best_counts,
