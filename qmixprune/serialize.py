@@ -14,6 +14,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -77,8 +78,11 @@ def load(path: str | os.PathLike) -> nn.Module:
             warnings.simplefilter("ignore")
             graph = analyze(model, torch.zeros(1, *shape))
         model = apply_plan(model, graph, plan_for_counts(graph, counts))
+    # safetensors keeps no per-module state-dict versions; some modules (MNASNet) need them
+    state = OrderedDict(tensors)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise UserError(f"{path}: weights do not fit the architecture {spec}: {exc}") from exc
     setattr(model, SHAPE_ATTR, list(shape))
