@@ -45,6 +45,31 @@ inline void check_index(const at::Tensor& idx, int64_t size, const at::Tensor& t
   }
 }
 
+inline void check_stats_args(const at::Tensor& act, const at::Tensor& abs_sum,
+                             const at::Tensor& zeros) {
+  TORCH_CHECK(act.dim() >= 2, "channel_stats_: activations need [N, C, ...], got ", act.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(act.scalar_type()), "channel_stats_: activations must be floating point");
+  auto channels = act.size(1);
+  TORCH_CHECK(abs_sum.dim() == 1 && abs_sum.size(0) == channels && abs_sum.scalar_type() == at::kDouble,
+              "channel_stats_: abs_sum must be float64 of shape [", channels, "]");
+  TORCH_CHECK(zeros.dim() == 1 && zeros.size(0) == channels && zeros.scalar_type() == at::kLong,
+              "channel_stats_: zeros must be int64 of shape [", channels, "]");
+  TORCH_CHECK(abs_sum.is_contiguous() && zeros.is_contiguous(), "channel_stats_: outputs must be contiguous");
+  TORCH_CHECK(abs_sum.device() == act.device() && zeros.device() == act.device(),
+              "channel_stats_: outputs must be on the activations' device");
+}
+
+// |gamma| in float64: the same few ATen ops on every device.
+inline std::vector<at::Tensor> bn_scale_any(at::TensorList gammas) {
+  check_weights(gammas, "bn_scale");
+  std::vector<at::Tensor> out;
+  for (const auto& g : gammas) {
+    TORCH_CHECK(g.dim() == 1, "bn_scale: BatchNorm weights are 1-D, got ", g.dim(), "-D");
+    out.push_back(g.to(at::kDouble).abs());
+  }
+  return out;
+}
+
 inline void check_plan(at::TensorList tensors, const c10::List<std::optional<at::Tensor>>& rows,
                        const c10::List<std::optional<at::Tensor>>& cols) {
   TORCH_CHECK(rows.size() == tensors.size() && cols.size() == tensors.size(),

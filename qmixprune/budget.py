@@ -125,14 +125,20 @@ def uniform_counts(
         return {g: kept_count(budget.group_channels[g], r, round_to, min_channels) for g in groups}
 
     check_reachable(budget, counts(0.999999))
-    lo, hi = 0.0, 0.999999
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if budget.load(counts(mid)) <= 1.0:
-            hi = mid
+    ratio, _ = _boundary(lambda r: budget.load(counts(r)) <= 1.0, good=0.999999, bad=0.0)
+    return counts(ratio)
+
+
+def _boundary(ok, good: float, bad: float, steps: int = 50) -> tuple[float, float]:
+    """Bisect between a point where ``ok`` holds and one where it fails (``ok`` monotone
+    between them); returns the closest pair (good, bad)."""
+    for _ in range(steps):
+        mid = (good + bad) / 2
+        if ok(mid):
+            good = mid
         else:
-            lo = mid
-    return counts(hi)
+            bad = mid
+    return good, bad
 
 
 def floors(
@@ -198,15 +204,10 @@ def fit_to_budget(
             out[g] = min(full[g], max(low[g], k))
         return out
 
-    lo, hi = 0.0, 1.0 / min(share.values())
-    if budget.load(counts(hi)) <= 1.0:
-        return counts(hi)
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if budget.load(counts(mid)) <= 1.0:
-            lo = mid
-        else:
-            hi = mid
+    top = 1.0 / min(share.values())
+    if budget.load(counts(top)) <= 1.0:
+        return counts(top)
+    lo, hi = _boundary(lambda a: budget.load(counts(a)) <= 1.0, good=0.0, bad=top, steps=40)
     best = counts(lo)
     # fill what the rounding left: grow the groups furthest below their scaled proposal
     want = {g: low[g] + (full[g] - low[g]) * min(1.0, share[g] * hi) for g in names}

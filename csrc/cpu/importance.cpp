@@ -97,25 +97,9 @@ std::vector<at::Tensor> fpgm_cpu(at::TensorList weights) {
   return out;
 }
 
-std::vector<at::Tensor> bn_scale_cpu(at::TensorList gammas) {
-  check_weights(gammas, "bn_scale");
-  std::vector<at::Tensor> out;
-  for (const auto& g : gammas) {
-    TORCH_CHECK(g.dim() == 1, "bn_scale: BatchNorm weights are 1-D, got ", g.dim(), "-D");
-    out.push_back(g.to(at::kDouble).abs());
-  }
-  return out;
-}
-
 void channel_stats_cpu(const at::Tensor& act, at::Tensor& abs_sum, at::Tensor& zeros) {
-  TORCH_CHECK(act.dim() >= 2, "channel_stats_: activations need [N, C, ...], got ", act.dim(), "-D");
+  check_stats_args(act, abs_sum, zeros);
   auto channels = act.size(1);
-  TORCH_CHECK(abs_sum.dim() == 1 && abs_sum.size(0) == channels && abs_sum.scalar_type() == at::kDouble,
-              "channel_stats_: abs_sum must be float64 of shape [", channels, "]");
-  TORCH_CHECK(zeros.dim() == 1 && zeros.size(0) == channels && zeros.scalar_type() == at::kLong,
-              "channel_stats_: zeros must be int64 of shape [", channels, "]");
-  TORCH_CHECK(abs_sum.is_contiguous() && zeros.is_contiguous(), "channel_stats_: outputs must be contiguous");
-  TORCH_CHECK(at::isFloatingType(act.scalar_type()), "channel_stats_: activations must be floating point");
   auto a = act.contiguous();
   int64_t n = a.size(0);
   int64_t inner = channels ? a.numel() / (n * channels) : 0;
@@ -148,7 +132,7 @@ void channel_stats_cpu(const at::Tensor& act, at::Tensor& abs_sum, at::Tensor& z
 TORCH_LIBRARY_IMPL(qmixprune, CPU, m) {
   m.impl("filter_norms", &filter_norms_cpu);
   m.impl("fpgm", &fpgm_cpu);
-  m.impl("bn_scale", &bn_scale_cpu);
+  m.impl("bn_scale", &bn_scale_any);
   m.impl("channel_stats_", &channel_stats_cpu);
 }
 

@@ -106,6 +106,60 @@ std::vector<at::Tensor> fpgm_cuda(at::TensorList weights) {
   return out;
 }
 
+void channel_stats_kernel(const scalar_t* a, int64_t total, int64_t channels,
+                                     int64_t inner, double* abs_sum,
+                                     unsigned long long* zeros) {
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < total;
+       k += (int64_t)gridDim.x * blockDim.x) {
+    int64_t c = (k / inner) % channels;
+    double v = static_cast<double>(a[k]);
+    atomicAdd(abs_sum + c, fabs(v));
+    if (v == 0.0) atomicAdd(zeros + c, 1ULL);
+  }
+}
+
+std::vector<at::Tensor> filter_norms_cuda(at::TensorList weights, int64_t p) {
+  TORCH_CHECK(p == 1 || p == 2, "filter_norms: p must be 1 or 2, got ", p);
+  check_weights(weights, "filter_norms");
+  std::vector<at::Tensor> out;
+  for (const auto& w0 : weights) {
+    c10::cuda::CUDAGuard guard(w0.device());
+    auto rows = w0.size(0);
+    auto w = w0.contiguous();
+    auto res = at::zeros({rows}, w.options().dtype(at::kDouble));
+    if (rows > 0 && w.numel() > 0) {
+      auto stream = c10::cuda::getCurrentCUDAStream();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "filter_norms", [&] {
+        row_norm_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
+            w.data_ptr<scalar_t>(), w.numel() / rows, static_cast<int>(p), res.data_ptr<double>());
+      });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    out.push_back(res);
+  }
+  return out;
+}
+
+std::vector<at::Tensor> fpgm_cuda(at::TensorList weights) {
+  check_weights(weights, "fpgm");
+  std::vector<at::Tensor> out;
+  for (const auto& w : weights) {
+    c10::cuda::CUDAGuard guard(w.device());
+    auto rows = w.size(0);
+    auto flat = w.contiguous().reshape({rows, rows ? w.numel() / rows : 0});
+    auto work = flat.scalar_type() == at::kDouble ? flat : flat.to(at::kFloat);
+    auto gram = at::mm(work, work.t()).to(at::kDouble).contiguous();
+    auto res = at::zeros({rows}, w.options().dtype(at::kDouble));
+    if (rows > 0) {
+      fpgm_kernel<<<rows, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          gram.data_ptr<double>(), rows, res.data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    out.push_back(res);
+  }
+  return out;
+}
+
 std::vector<at::Tensor> bn_scale_cuda(at::TensorList gammas) {
   check_weights(gammas, "bn_scale");
   std::vector<at::Tensor> out;
@@ -117,14 +171,8 @@ std::vector<at::Tensor> bn_scale_cuda(at::TensorList gammas) {
 }
 
 void channel_stats_cuda(const at::Tensor& act, at::Tensor& abs_sum, at::Tensor& zeros) {
-  TORCH_CHECK(act.dim() >= 2, "channel_stats_: activations need [N, C, ...], got ", act.dim(), "-D");
+  check_stats_args(act, abs_sum, zeros);
   auto channels = act.size(1);
-  TORCH_CHECK(abs_sum.dim() == 1 && abs_sum.size(0) == channels && abs_sum.scalar_type() == at::kDouble,
-              "channel_stats_: abs_sum must be float64 of shape [", channels, "]");
-  TORCH_CHECK(zeros.dim() == 1 && zeros.size(0) == channels && zeros.scalar_type() == at::kLong,
-              "channel_stats_: zeros must be int64 of shape [", channels, "]");
-  TORCH_CHECK(abs_sum.device() == act.device() && zeros.device() == act.device(),
-              "channel_stats_: outputs must be on the activations' device");
   c10::cuda::CUDAGuard guard(act.device());
   auto a = act.contiguous();
   int64_t total = a.numel();
@@ -144,7 +192,7 @@ void channel_stats_cuda(const at::Tensor& act, at::Tensor& abs_sum, at::Tensor& 
 TORCH_LIBRARY_IMPL(qmixprune, CUDA, m) {
   m.impl("filter_norms", &filter_norms_cuda);
   m.impl("fpgm", &fpgm_cuda);
-  m.impl("bn_scale", &bn_scale_cuda);
+  m.impl("bn_scale", &bn_scale_any);
   m.impl("channel_stats_", &channel_stats_cuda);
 }
 
