@@ -18,6 +18,8 @@ def _load() -> str | None:
     if os.environ.get("QMIXPRUNE_NATIVE", "1") == "0":
         return "disabled by QMIXPRUNE_NATIVE=0"
     try:
+        import torch  # noqa: F401  (loads libc10 and libtorch, which _C links against)
+
         from . import _C  # noqa: F401
     except ImportError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "not built"

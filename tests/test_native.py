@@ -189,3 +189,13 @@ def test_cmake_build_and_ctest(tmp_path):
     assert (
         "native C++ test passed" in (build / "Testing" / "Temporary" / "LastTest.log").read_text()
     )
+
+
+def test_extension_loads_in_a_fresh_process():
+    """Importing the extension first thing (before torch) must work: _C links libtorch."""
+    import subprocess
+    import sys
+
+    code = "import qmixprune.native as n; print(n.backend())"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip() == "native", res.stderr
