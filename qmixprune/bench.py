@@ -56,7 +56,10 @@ def device_info(provider: str = "cpu") -> dict:
 
 
 def session(path: str | Path, provider: str = "cpu", threads: int | None = None):
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise UserError("benchmarking needs ONNX Runtime: pip install onnxruntime") from exc
 
     if provider not in PROVIDERS:
         raise UserError(f"unknown provider {provider!r}; choose one of {list(PROVIDERS)}")

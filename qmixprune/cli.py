@@ -167,7 +167,7 @@ def _load(args):
             path, args.arch, args.num_classes, args.width, args.trust_pickle
         )
     shape = getattr(model, "qmixprune_input_shape", None) or [3, args.input_size, args.input_size]
-    if isinstance(model, torch.jit.ScriptModule) and args.command != "count":
+    if isinstance(model, torch.jit.ScriptModule) and args.command not in ("count", "export"):
         raise UserError(f"{path} is TorchScript: it can be counted and exported, not pruned")
     return model.eval(), torch.zeros(1, *shape)
 

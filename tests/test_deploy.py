@@ -144,3 +144,12 @@ def test_calibration_batches():
     assert [b.shape for b in batches] == [(4, 3, 4, 4)] * 2 and batches[0].dtype == "float32"
     with pytest.raises(UserError, match="at least 4"):
         calibration_batches(data[:3], 4)
+
+
+def test_torchscript_exports_but_does_not_prune(tmp_path, capsys):
+    m = create("alexnet", width=0.25).eval()
+    ts = tmp_path / "ts.pt"
+    torch.jit.trace(m, X[:1]).save(str(ts))
+    assert main(["export", str(ts), "-o", str(tmp_path / "ts.onnx")]) == 0
+    assert main(["prune", str(ts), "--ratio", "0.5", "-o", str(tmp_path / "p.safetensors")]) == 2
+    assert "TorchScript" in capsys.readouterr().err
