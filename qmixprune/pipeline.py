@@ -233,7 +233,7 @@ def _write_outputs(result: Result, teacher, cfg: CompressConfig, out: Path, x, f
         {k: v["after"] for k, v in result.channels.items()},
         out / "channels.png",
     )
-    plot_curve(result.finetune, "epoch", ["val_acc"], out / "finetune_curve.png")
+    plot_curve(result.finetune, "epoch", ["val_acc"], out / "finetune_curve.png", "accuracy")
     write_json(out / "report.json", result.report())
     atomic_write_bytes(out / "report.md", markdown_report(result.report()).encode())
     result.out = out

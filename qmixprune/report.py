@@ -45,7 +45,9 @@ def plan_json(graph: Graph, plan: Plan, macs_ratio: float) -> dict:
     return {"macs_ratio": macs_ratio, "groups": groups}
 
 
-def plot_curve(log: list[dict], x_key: str, y_keys: list[str], path: Path) -> Path | None:
+def plot_curve(
+    log: list[dict], x_key: str, y_keys: list[str], path: Path, ylabel: str = ""
+) -> Path | None:
     """Lines of ``y_keys`` against ``x_key`` as a PNG; None where matplotlib is missing."""
     plt = _pyplot()
     if plt is None or not log:
@@ -56,13 +58,16 @@ def plot_curve(log: list[dict], x_key: str, y_keys: list[str], path: Path) -> Pa
         style = "." if key == "reward" else "-"
         ax.plot(xs, [e[key] for e in log], style, ms=3, label=key.replace("_", " "))
     ax.set_xlabel(x_key)
+    ax.set_ylabel(ylabel)
     ax.legend(loc="lower right")
     return _save(plt, fig, path)
 
 
 def plot_rewards(log: list[dict], path: Path) -> Path | None:
     """Search reward per episode (val, pruned and BN-recalibrated) and best so far."""
-    return plot_curve(log, "episode", ["reward", "best"], path)
+    return plot_curve(
+        log, "episode", ["reward", "best"], path, "val reward (pruned, BN recalibrated)"
+    )
 
 
 def markdown_report(report: dict) -> str:
