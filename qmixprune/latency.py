@@ -128,7 +128,8 @@ def profile(
         layers[layer.name] = {"in": ins, "out": outs, "ms": ms, "depthwise": dw}
         if progress:
             progress(layer.name)
-    total = _onnx_ms(model, (batch, *example_input.shape[1:]), provider, threads, runs)
+    shape = (batch, *example_input.shape[1:])
+    total = _onnx_ms(model, shape, provider, threads, runs)
     return {
         "device": device_info(provider),
         "batch": batch,
@@ -136,7 +137,34 @@ def profile(
         "round_to": round_to,
         "total_ms": total,
         "layers": layers,
+        "calibration": _whole_model_points(
+            model, cost, example_input, shape, provider, threads, runs, round_to
+        ),
     }
+
+
+def _whole_model_points(
+    model, cost, example_input, shape, provider, threads, runs, round_to, keep=(0.25, 0.5)
+) -> list[dict]:
+    """Whole-model latency of uniformly pruned copies: the points that calibrate the sum of
+    isolated layers (fixed overheads, fusions) against what the device really runs."""
+    from .budget import Budget, uniform_counts
+    from .graph import analyze
+    from .pruning import apply_plan, plan_for_counts
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = analyze(model, example_input[:1])
+    groups = [g.name for g in graph.prunable]
+    points = []
+    for target in keep:
+        try:
+            counts = uniform_counts(Budget(cost, target), groups, round_to=round_to)
+        except UserError:
+            continue  # this model's floors do not go that low
+        pruned = apply_plan(model, graph, plan_for_counts(graph, counts))
+        points.append({"channels": counts, "ms": _onnx_ms(pruned, shape, provider, threads, runs)})
+    return points
 
 
 def save_table(table: dict, path: str | Path) -> Path:
@@ -167,9 +195,19 @@ class LatencyModel:
             )
         self.table, self.cost = table, cost
         self.full = {name: (t["in"][-1], t["out"][-1]) for name, t in table["layers"].items()}
-        layer_sum = self._sum({})
-        self.scale = table["total_ms"] / layer_sum if layer_sum > 0 else 1.0
+        self.offset, self.scale = self._fit(table)
         self.base = self.ms({})
+
+    def _fit(self, table: dict) -> tuple[float, float]:
+        """Whole-model ms ~ offset + scale * (sum of isolated layers), least squares over the
+        unpruned model and the calibration points; proportional when they cannot fit."""
+        xs = [self._sum({})] + [self._sum(p["channels"]) for p in table.get("calibration", [])]
+        ys = [table["total_ms"]] + [p["ms"] for p in table.get("calibration", [])]
+        if len(xs) >= 2 and max(xs) > min(xs):
+            scale, offset = np.polyfit(xs, ys, 1)
+            if scale > 0 and offset >= 0:
+                return float(offset), float(scale)
+        return 0.0, (ys[0] / xs[0] if xs[0] > 0 else 1.0)
 
     def _sum(self, counts: dict[str, int]) -> float:
         total = 0.0
@@ -182,7 +220,7 @@ class LatencyModel:
         return total
 
     def ms(self, counts: dict[str, int]) -> float:
-        return self.scale * self._sum(counts)
+        return self.offset + self.scale * self._sum(counts)
 
     def ratio(self, counts: dict[str, int]) -> float:
         return self.ms(counts) / self.base

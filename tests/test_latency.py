@@ -30,6 +30,7 @@ def test_profile_table_and_model(setup):
     first = table["layers"]["features.0"]
     assert first["in"] == [3] and first["out"] == [8, 16]  # the image channels are not pruned
     assert table["total_ms"] > 0 and table["device"]["provider"] == "cpu"
+    assert [len(p["channels"]) for p in table["calibration"]] == [len(graph.prunable)] * 2
     lat = LatencyModel(table, cost)
     assert lat.ratio({}) == pytest.approx(1.0)
     half = {g.name: g.channels // 2 for g in graph.prunable}
