@@ -103,8 +103,11 @@ def load_model_file(
     only with ``trust_pickle=True``, since unpickling runs arbitrary code.
     """
     path = Path(path)
-    data = _read(path)
-    if _is_safetensors(data):
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist")
+    with open(path, "rb") as f:  # the header says which reader applies; no full read here
+        head = f.read(9)
+    if _is_safetensors(head, path.stat().st_size):
         return load(path)
     if _is_torchscript(path):
         return torch.jit.load(str(path), map_location="cpu").eval()
@@ -173,11 +176,12 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _is_safetensors(data: bytes) -> bool:
-    if len(data) < 10:
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file starts with its header's length (8 bytes) and then '{'."""
+    if len(head) < 9 or size < 10:
         return False
-    n = int.from_bytes(data[:8], "little")
-    return 0 < n <= len(data) - 8 and data[8:9] == b"{"
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n <= size - 8 and head[8:9] == b"{"
 
 
 def _metadata(data: bytes) -> dict:
