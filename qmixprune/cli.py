@@ -262,7 +262,7 @@ def _search(args) -> int:
     out = _prepare_out(args)
     model, _ = _load(args)
     data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
-    result = run_search(model, data, cfg, out, args.resume, args.quiet, table)
+    result, _ = run_search(model, data, cfg, out, args.resume, args.quiet, table)
     if not args.quiet:
         print(
             f"best val reward {result.reward:.4f} at {result.macs_ratio:.4f} of the MACs after "

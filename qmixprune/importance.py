@@ -92,10 +92,17 @@ def group_scores(model: nn.Module, groups: list[Group], criterion: str | Criteri
     return {g.name: fn(model, g) for g in groups}
 
 
-def ranks(model: nn.Module, groups: list[Group], criterion: str | Criterion) -> dict[str, list]:
-    """For each group, its channel indices from most to least important (ties: lower index)."""
+def ranks(
+    model: nn.Module,
+    groups: list[Group],
+    criterion: str | Criterion,
+    all_scores: dict[str, torch.Tensor] | None = None,
+) -> dict[str, list]:
+    """For each group, its channel indices from most to least important (ties: lower index);
+    ``all_scores`` (from ``group_scores``) when the caller has them already."""
     out = {}
-    all_scores = group_scores(model, groups, criterion)
+    if all_scores is None:
+        all_scores = group_scores(model, groups, criterion)
     for g in groups:
         scores = all_scores[g.name].tolist()
         out[g.name] = sorted(range(g.channels), key=lambda i: (-scores[i], i))

@@ -18,11 +18,9 @@ from .distributed import is_main
 from .errors import UserError
 from .export import export_onnx
 from .flops import count
-from .graph import analyze
-from .importance import ranks
 from .pruning import apply_plan, plan_for_counts
 from .report import markdown_report, plan_json, plot_channels, plot_curve, plot_rewards, write_json
-from .search import SearchConfig, SearchResult, build_env, search
+from .search import PruningEnv, SearchConfig, SearchResult, build_env, search
 from .serialize import atomic_write_bytes, save
 from .train import evaluate, loader, recalibrate_bn
 
@@ -55,9 +53,10 @@ def run_search(
     resume: bool = False,
     quiet: bool = False,
     latency_table: dict | None = None,
-) -> SearchResult:
+) -> tuple[SearchResult, PruningEnv]:
     """QMIX search on ``model``; with ``out``: plan.json, search_log.jsonl, reward_curve.png,
-    search_config.json and a checkpoint to resume from."""
+    search_config.json and a checkpoint to resume from. Returns the result and the
+    environment (its graph and importance ranking turn the result into a plan)."""
     env = build_env(model, data, cfg.env, seed=cfg.seed, latency_table=latency_table)
     if out is not None and is_main():
         write_json(out / "search_config.json", as_dict(cfg))
@@ -78,7 +77,7 @@ def run_search(
         )
         write_json(out / "plan.json", doc)
         plot_rewards(result.log, out / "reward_curve.png")
-    return result
+    return result, env
 
 
 @dataclass(frozen=True)
@@ -154,9 +153,9 @@ def compress(
     (macs0, params0), acc0 = count(teacher, x), evaluate(teacher, data.test)
     log(f"original: {macs0:,} MACs, {params0:,} params, test acc {acc0:.4f}")
 
-    found = run_search(teacher, data, cfg.search, out, resume, quiet, latency_table)
-    graph = analyze(teacher, x)
-    plan = plan_for_counts(graph, found.counts, ranks(teacher, graph.prunable, cfg.importance))
+    found, env = run_search(teacher, data, cfg.search, out, resume, quiet, latency_table)
+    graph = env.graph  # the search's own analysis and importance ranking serve the pruning
+    plan = plan_for_counts(graph, found.counts, env.ranking)
     student = apply_plan(teacher, graph, plan)
     recalibrate_bn(student, loader(data.train, cfg.distill.batch_size, True, cfg.seed))
     log(
@@ -197,7 +196,7 @@ def compress(
         model=student,
     )
     if out is not None and is_main():
-        _write_outputs(result, teacher, cfg, out, x, found, log)
+        _write_outputs(result, teacher, cfg, out, x, log)
     log(
         f"pruned: {macs1:,} MACs ({macs1 / macs0:.3f}), {params1:,} params, "
         f"test acc {acc1:.4f} ({acc1 - acc0:+.4f})"
@@ -205,7 +204,7 @@ def compress(
     return result
 
 
-def _write_outputs(result: Result, teacher, cfg: CompressConfig, out: Path, x, found, log):
+def _write_outputs(result: Result, teacher, cfg: CompressConfig, out: Path, x, log):
     save(result.model, out / "model.safetensors")
     if cfg.export:
         try:

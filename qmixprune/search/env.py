@@ -22,7 +22,7 @@ from ..distributed import rank_world
 from ..errors import UserError
 from ..flops import layer_table
 from ..graph import Graph
-from ..importance import get_criterion, ranks
+from ..importance import group_scores, ranks
 from ..pruning import apply_plan, plan_for_counts
 from ..train import recalibrate_bn
 
@@ -82,7 +82,8 @@ class PruningEnv:
         self.latency = latency
         self.budget = Budget(cost, cfg.target_flops, latency, cfg.target_latency)
         check_reachable(self.budget, self.low)
-        self.ranking = ranks(model, graph.prunable, cfg.importance)
+        self.scores = group_scores(model, graph.prunable, cfg.importance)
+        self.ranking = ranks(model, graph.prunable, cfg.importance, self.scores)
         self.calib, self.val = calib, val[: cfg.reward_batches]
         self.cache: dict[tuple[int, ...], float] = {}
         self.evaluations = 0  # distinct plans scored, by all ranks together
@@ -98,14 +99,13 @@ class PruningEnv:
         macs = self.cost.group_macs()
         lat = self.latency.group_shares() if self.latency is not None else {}
         total_params = sum(p.numel() for p in self.model.parameters())
-        crit = get_criterion(self.cfg.importance)
         feats = []
         for i, name in enumerate(self.groups):
             group = self.graph.group(name)
             m = modules[name]
             row = rows.get(name)
             side = row.out_shape[-1] if row and len(row.out_shape) == 3 else 1
-            scores = crit(self.model, group).float()
+            scores = self.scores[name].float()
             scores = scores / scores.sum().clamp_min(1e-12)
             half = scores.sort().values[: len(scores) // 2].sum()
             params = sum(
