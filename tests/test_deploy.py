@@ -153,3 +153,32 @@ def test_torchscript_exports_but_does_not_prune(tmp_path, capsys):
     assert main(["export", str(ts), "-o", str(tmp_path / "ts.onnx")]) == 0
     assert main(["prune", str(ts), "--ratio", "0.5", "-o", str(tmp_path / "p.safetensors")]) == 2
     assert "TorchScript" in capsys.readouterr().err
+
+
+def test_take_turns_rewarms_each_turn_and_pairs_blocks():
+    import numpy as np
+
+    from qmixprune.bench import paired_speedup, take_turns
+
+    log, now = [], [0.0]
+
+    def clock():
+        return now[0]
+
+    def make(name, cost):
+        def call():
+            log.append(name)
+            now[0] += cost
+
+        return call
+
+    times = take_turns([make("a", 2.0), make("b", 1.0)], runs=5, block=2, rewarm=1, clock=clock)
+    # turns of (1 untimed + up to 2 timed) runs, alternating, until 5 timed runs each
+    assert "".join(log) == "aaabbbaaabbbaabb"
+    assert [len(t) for t in times[0]] == [2, 2, 1]
+    assert np.concatenate(times[1]).tolist() == [1.0] * 5
+    assert paired_speedup(times[0], times[1]) == 2.0
+    # a drift that slows both models in one block does not move the paired ratio
+    base = [np.array([1.0]), np.array([3.0]), np.array([1.0])]
+    other = [np.array([0.5]), np.array([1.5]), np.array([0.5])]
+    assert paired_speedup(base, other) == 2.0
