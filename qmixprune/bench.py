@@ -55,7 +55,10 @@ def device_info(provider: str = "cpu") -> dict:
     }
 
 
-def session(path: str | Path, provider: str = "cpu", threads: int | None = None):
+def session(
+    path: str | Path, provider: str = "cpu", threads: int | None = None, spin: bool = False
+):
+    """An ONNX Runtime session; idle worker threads spin only with ``spin``."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -80,6 +83,10 @@ def session(path: str | Path, provider: str = "cpu", threads: int | None = None)
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    # ORT's idle workers spin by default; with several models taking turns, the spinning
+    # pools of the idle sessions steal cores from the one being timed (measured here on 2
+    # cores: times swung 2-4x between identical runs with spinning, within ~10 % without)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=[name])
     except Exception as exc:

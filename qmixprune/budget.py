@@ -165,16 +165,15 @@ def check_reachable(budget: Budget, low: dict[str, int]) -> None:
     shares = cost.group_macs()
     worst = sorted(low, key=lambda g: -shares[g] * low[g] / cost.group_channels[g])[:3]
     names = ", ".join(f"{g} (floor {low[g]} of {cost.group_channels[g]} ch)" for g in worst)
-    fixed = cost.ratio({g: 0 for g in low}) if low else 1.0
+    zero = {g: 0 for g in low}
     missed = "; ".join(
         f"target {t:.3f} of the {label} is unreachable: with every group at its floor the "
-        f"model keeps {model.ratio(low):.3f}"
+        f"model keeps {model.ratio(low):.3f} (what no pruning removes: {model.ratio(zero):.3f})"
         for label, model, t in budget.parts
         if model.ratio(low) > t
     )
     raise UserError(
-        f"{missed} (layers outside the prunable groups alone keep {fixed:.3f} of the MACs). "
-        f"Largest floors: {names}. Lower --min-channels/--round-to or raise the target"
+        f"{missed}. Largest floors: {names}. Lower --min-channels/--round-to or raise the target"
     )
 
 

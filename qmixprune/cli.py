@@ -65,7 +65,11 @@ def parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--max-evaluations", type=int, help="stop after this many plans scored")
         sp.add_argument("--steps", type=int, help="pruning steps per episode")
-        sp.add_argument("--round-to", type=int, help="kept channels a multiple of this")
+        sp.add_argument(
+            "--round-to",
+            type=int,
+            help="kept channels a multiple of this (default 1; with --target-latency, the table's)",
+        )
         sp.add_argument("--min-channels", type=int, help="no group keeps fewer")
         sp.add_argument("--seed", type=int)
         sp.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -125,7 +129,12 @@ def parser() -> argparse.ArgumentParser:
     pf.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     pf.add_argument("--threads", type=int, default=None)
     pf.add_argument("--batch", type=int, default=1)
-    pf.add_argument("--round-to", type=int, default=8, help="channel counts profiled")
+    pf.add_argument(
+        "--round-to",
+        type=int,
+        default=None,
+        help="profile multiples of this (default: measure which multiple the device rewards)",
+    )
     pf.add_argument("--runs", type=int, default=20)
     pf.add_argument("-o", "--output", required=True, help="the JSON table to write")
     d = sub.add_parser("demo", help="train VGG-16 on the bundled digits, then compress it")
@@ -357,7 +366,10 @@ def _profile(args) -> int:
         progress=lambda name: print(f"  {name}"),
     )
     save_table(table, args.output)
-    print(f"whole model {table['total_ms']:.3f} ms at batch {args.batch}; wrote {args.output}")
+    print(
+        f"whole model {table['total_ms']:.3f} ms at batch {args.batch}; channel multiple "
+        f"{table['round_to']}; wrote {args.output}"
+    )
     return EXIT_OK
 
 

@@ -21,7 +21,7 @@ def setup():
     model = create("vgg16", width=0.25).eval()
     graph = analyze(model, X)
     cost = CostModel(model, graph, X)
-    table = profile(model, cost, X, threads=1, runs=3, grid=(0.5, 1.0))
+    table = profile(model, cost, X, threads=1, round_to=8, runs=3, grid=(0.5, 1.0))
     return model, graph, cost, table
 
 
@@ -37,6 +37,45 @@ def test_profile_table_and_model(setup):
     quarter = {g.name: max(1, g.channels // 4) for g in graph.prunable}
     assert lat.ratio(quarter) < lat.ratio(half) < 1.0
     assert sum(lat.group_shares().values()) > 0
+
+
+def test_pick_alignment_prefers_the_smallest_multiple_that_is_not_slower():
+    from qmixprune.latency import alignment_costs, pick_alignment
+
+    def row(keep, a, macs, ms):
+        return {"keep": keep, "round_to": a, "macs": macs, "ms": ms}
+
+    # per MAC at keep 0.5: 1 -> 2.0, 8 -> 1.2, 16 -> 1.0, 32 -> 1.02 (relative to the best)
+    pts = [row(1.0, 1, 1.0, 10.0)]
+    pts += [row(0.5, 1, 0.5, 4.0), row(0.5, 8, 0.5, 2.4), row(0.5, 16, 0.45, 1.8)]
+    pts += [row(0.5, 32, 0.5, 2.04)]
+    costs = alignment_costs(pts)
+    assert costs["1"] == pytest.approx(2.0) and costs["16"] == pytest.approx(1.0)
+    assert pick_alignment(pts) == 16
+    assert pick_alignment(pts, tolerance=0.25) == 8
+    # averaged over keep fractions: 8 is as good as 16 at keep 0.25
+    pts += [row(0.25, 8, 0.25, 1.0), row(0.25, 16, 0.25, 1.0)]
+    assert alignment_costs(pts)["8"] == pytest.approx(1.2**0.5)
+
+
+def test_profile_measures_the_alignment(setup):
+    from qmixprune.latency import ALIGNMENTS
+
+    model, graph, cost, _ = setup
+    table = profile(model, cost, X, threads=1, runs=2, grid=(1.0,))
+    a = table["round_to"]
+    assert a in ALIGNMENTS and set(table["alignment"]) <= {str(x) for x in ALIGNMENTS}
+    assert min(table["alignment"].values()) == pytest.approx(1.0)
+    assert table["alignment"][str(a)] <= 1.05
+    assert all(
+        w % a == 0 or w == full
+        for name, t in table["layers"].items()
+        for w, full in zip(t["out"], [t["out"][-1]] * len(t["out"]))
+    )
+    full = {g.name: g.channels for g in graph.prunable}
+    assert table["calibration"] and all(
+        c % a == 0 or c == full[g] for p in table["calibration"] for g, c in p["channels"].items()
+    )
 
 
 def test_latency_target_is_met_by_the_wall(setup):
@@ -59,7 +98,9 @@ def test_profile_cli_and_bad_tables(tmp_path, capsys):
     m = tmp_path / "m.safetensors"
     save(create("alexnet", width=0.125), m)
     table = tmp_path / "t.json"
-    assert main(["profile", str(m), "--runs", "2", "--threads", "1", "-o", str(table)]) == 0
+    argv = ["profile", str(m), "--runs", "2", "--threads", "1", "--round-to", "4", "-o", str(table)]
+    assert main(argv) == 0
+    assert json.loads(table.read_text())["round_to"] == 4
     assert set(json.loads(table.read_text())["layers"]) >= {"features.0", "classifier.1"}
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError, match="not a latency table"):
@@ -71,7 +112,7 @@ def test_profile_cli_and_bad_tables(tmp_path, capsys):
         "search",
         str(m),
         "--target-latency",
-        "0.6",
+        "0.85",
         "--latency-table",
         str(table),
         "--episodes",
@@ -82,4 +123,7 @@ def test_profile_cli_and_bad_tables(tmp_path, capsys):
     ]
     assert main(argv) == 0
     log = [json.loads(x) for x in (out / "search_log.jsonl").read_text().splitlines()]
-    assert all(e["latency"] <= 0.6 and "macs" in e for e in log)
+    assert all(e["latency"] <= 0.85 and "macs" in e for e in log)
+    best = json.loads((out / "plan.json").read_text())
+    # kept counts are multiples of the table's 4 (or the whole group)
+    assert all(g["kept"] % 4 == 0 or g["kept"] == g["channels"] for g in best["groups"].values())

@@ -10,7 +10,7 @@ held-out val batches. Rewards of plans already seen come from a cache.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,7 @@ class EnvConfig:
     steps: int = 6
     n_actions: int = 5
     action_step: float = 0.05  # fraction of a group's channels removed per action unit
-    round_to: int = 1
+    round_to: int | None = None  # None: 1 for FLOPs, the profiled multiple for latency
     min_channels: int = 1
     min_keep: float = 0.05  # floor: fraction of each group's channels that always stays
     importance: str = "l1"
@@ -55,8 +55,18 @@ class EnvConfig:
             raise UserError("set target_flops, target_latency, or both")
         if self.steps < 1 or self.n_actions < 2 or self.action_step <= 0:
             raise UserError("steps >= 1, n_actions >= 2 and action_step > 0 are required")
+        if self.round_to is not None and self.round_to < 1:
+            raise UserError(f"round_to must be >= 1, got {self.round_to}")
         if self.reward not in ("acc", "loss"):
             raise UserError(f"reward must be 'acc' or 'loss', got {self.reward!r}")
+
+
+def default_round_to(cfg: EnvConfig, latency) -> int:
+    """1 (finest control) for a FLOPs budget; with a latency target, the channel multiple
+    that ``qmixprune profile`` measured the device to reward."""
+    if cfg.target_latency is not None and latency is not None:
+        return int(latency.table.get("round_to", 1))
+    return 1
 
 
 class PruningEnv:
@@ -73,6 +83,8 @@ class PruningEnv:
         latency=None,
     ) -> None:
         cfg.validate()
+        if cfg.round_to is None:
+            cfg = replace(cfg, round_to=default_round_to(cfg, latency))
         self.model, self.graph, self.cost, self.cfg = model.eval(), graph, cost, cfg
         self.groups = [g.name for g in graph.prunable]
         if not self.groups:
