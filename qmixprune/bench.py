@@ -127,6 +127,7 @@ def bench(
     runs=200,
     warmup=20,
     block: int = 10,
+    spin: bool = False,
 ) -> dict:
     """Time every model at every batch; each row's speed-up is over the first model.
 
@@ -135,7 +136,7 @@ def bench(
     apart)."""
     if any(Path(m).suffix in ENGINE_SUFFIXES for m in models):
         return _bench_engines(models, batches, runs, warmup)
-    sessions = [session(m, provider, threads) for m in models]
+    sessions = [session(m, provider, threads, spin) for m in models]
     results = []
     for b in batches:
         calls = [_caller(s, _feed(s, b)) for s in sessions]
@@ -219,6 +220,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument(
+        "--spin",
+        action="store_true",
+        help="let idle worker threads spin (ORT's default: lower latency for one model "
+        "alone; off by default because idle spinning sessions slow the one being timed)",
+    )
     p.add_argument("--json", help="write the results here too")
 
 
@@ -229,7 +236,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch takes comma-separated integers, got {args.batch!r}") from None
     if not batches or min(batches) < 1 or args.runs < 1:
         raise UserError("--batch sizes and --runs must be >= 1")
-    report = bench(args.models, batches, args.provider, args.threads, args.runs, args.warmup)
+    report = bench(
+        args.models,
+        batches,
+        args.provider,
+        args.threads,
+        args.runs,
+        args.warmup,
+        spin=args.spin,
+    )
     print(format_results(report))
     if args.json:
         tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
