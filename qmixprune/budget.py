@@ -157,6 +157,19 @@ def floors(
     return out
 
 
+def reachable_round_to(
+    budget: Budget, groups: list[str], round_to: int, min_channels: int = 1, min_keep=0.0
+) -> int:
+    """``round_to``, halved until the floors it implies let ``budget`` be met (a coarse
+    multiple can make a low target impossible for narrow layers: 16 channels rounded to
+    16 cannot be pruned)."""
+    while round_to > 1:
+        if budget.load(floors(budget.cost, groups, round_to, min_channels, min_keep)) <= 1.0:
+            break
+        round_to //= 2
+    return round_to
+
+
 def check_reachable(budget: Budget, low: dict[str, int]) -> None:
     """Refuse, before any search, targets that the floors make impossible, naming why."""
     if budget.load(low) <= 1.0:

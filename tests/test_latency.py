@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -127,3 +128,21 @@ def test_profile_cli_and_bad_tables(tmp_path, capsys):
     best = json.loads((out / "plan.json").read_text())
     # kept counts are multiples of the table's 4 (or the whole group)
     assert all(g["kept"] % 4 == 0 or g["kept"] == g["channels"] for g in best["groups"].values())
+
+
+def test_profiled_multiple_is_lowered_when_it_makes_the_target_unreachable(setup):
+    from qmixprune.budget import reachable_round_to
+
+    model, graph, cost, table = setup
+    coarse = {**table, "round_to": 64}  # this VGG's groups have 16 to 128 channels
+    cfg = EnvConfig(target_flops=None, target_latency=0.3, reward_batches=1, calib_batches=1)
+    with pytest.warns(UserWarning, match="not the profiled 64"):
+        env = build_env(model, load_data("digits"), cfg, latency_table=coarse)
+    assert 1 <= env.cfg.round_to < 64 and 64 % env.cfg.round_to == 0
+    groups = [g.name for g in graph.prunable]
+    assert env.cfg.round_to == reachable_round_to(env.budget, groups, 64, 1, cfg.min_keep)
+    counts = env.project(torch.rand(env.n_agents))
+    assert env.latency.ratio(counts) <= 0.3
+    # an explicit round_to is the user's word: refused with the reason, not lowered
+    with pytest.raises(UserError, match="unreachable"):
+        build_env(model, load_data("digits"), replace(cfg, round_to=64), latency_table=coarse)

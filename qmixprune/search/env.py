@@ -10,6 +10,7 @@ held-out val batches. Rewards of plans already seen come from a cache.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -17,7 +18,14 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..budget import Budget, CostModel, check_reachable, fit_to_budget, floors
+from ..budget import (
+    Budget,
+    CostModel,
+    check_reachable,
+    fit_to_budget,
+    floors,
+    reachable_round_to,
+)
 from ..distributed import rank_world
 from ..errors import UserError
 from ..flops import layer_table
@@ -83,16 +91,16 @@ class PruningEnv:
         latency=None,
     ) -> None:
         cfg.validate()
-        if cfg.round_to is None:
-            cfg = replace(cfg, round_to=default_round_to(cfg, latency))
-        self.model, self.graph, self.cost, self.cfg = model.eval(), graph, cost, cfg
         self.groups = [g.name for g in graph.prunable]
         if not self.groups:
             raise UserError("the model has no prunable channel groups (see `qmixprune analyze`)")
+        self.budget = Budget(cost, cfg.target_flops, latency, cfg.target_latency)
+        if cfg.round_to is None:
+            cfg = replace(cfg, round_to=self._auto_round_to(cfg, latency))
+        self.model, self.graph, self.cost, self.cfg = model.eval(), graph, cost, cfg
         self.n_agents = len(self.groups)
         self.low = floors(cost, self.groups, cfg.round_to, cfg.min_channels, cfg.min_keep)
         self.latency = latency
-        self.budget = Budget(cost, cfg.target_flops, latency, cfg.target_latency)
         check_reachable(self.budget, self.low)
         self.scores = group_scores(model, graph.prunable, cfg.importance)
         self.ranking = ranks(model, graph.prunable, cfg.importance, self.scores)
@@ -103,6 +111,18 @@ class PruningEnv:
         self.static = self._static_features()
         self.obs_dim = self.static.shape[1] + 3 + N_GLOBAL
         self.state_dim = self.n_agents * self.obs_dim + N_GLOBAL
+
+    def _auto_round_to(self, cfg: EnvConfig, latency) -> int:
+        wanted = default_round_to(cfg, latency)
+        got = reachable_round_to(self.budget, self.groups, wanted, cfg.min_channels, cfg.min_keep)
+        if got != wanted:
+            warnings.warn(
+                f"rounding kept channels to multiples of {got}, not the profiled {wanted}: "
+                f"with multiples of {wanted} the target is out of reach for this model's "
+                "narrow layers",
+                stacklevel=3,
+            )
+        return got
 
     # -- features ------------------------------------------------------------------------
     def _static_features(self) -> torch.Tensor:
