@@ -109,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument("--dynamic-batch", action="store_true", help="a free batch dimension")
     ex.add_argument("--fp16", action="store_true", help="float16 weights and I/O")
+    ex.add_argument("--simplify", action="store_true", help="simplify the graph (onnxslim)")
     ex.add_argument(
         "--tensorrt",
         choices=["fp32", "fp16", "int8"],
@@ -380,7 +381,9 @@ def _export(args) -> int:
     if args.tensorrt and not trt_engine.available():
         raise UserError(trt_engine.INSTALL_HINT)
     model, x = _load(args)
-    res = export_onnx(model, args.output, x, args.opset, args.dynamic_batch, args.fp16)
+    res = export_onnx(
+        model, args.output, x, args.opset, args.dynamic_batch, args.fp16, simplify=args.simplify
+    )
     print(
         f"wrote {res.path} (opset {res.opset}; ONNX Runtime vs PyTorch max |diff| "
         f"{res.max_abs_diff:.2e})"

@@ -23,6 +23,7 @@ class ExportResult:
     max_abs_diff: float
     opset: int
     fp16: bool
+    simplified: bool = False
 
 
 def export_onnx(
@@ -33,9 +34,11 @@ def export_onnx(
     dynamic_batch: bool = True,
     fp16: bool = False,
     check_inputs: list[torch.Tensor] | None = None,
+    simplify: bool = False,
 ) -> ExportResult:
     """Export ``model`` to ``path`` (atomically), validate it with onnx.checker and compare
-    ONNX Runtime's outputs with PyTorch's on random and given inputs."""
+    ONNX Runtime's outputs with PyTorch's on random and given inputs. ``simplify`` runs
+    onnxslim (constant folding, dead nodes, op fusions) before the checks."""
     try:
         import onnx
         import onnxruntime  # noqa: F401  (for the parity check)
@@ -64,6 +67,9 @@ def export_onnx(
                 else None,
             )
         proto = onnx.load(tmp)
+        if simplify:
+            proto = _simplify(proto)
+            onnx.save(proto, tmp)
         if fp16:
             proto = _to_fp16(proto)
             onnx.save(proto, tmp)
@@ -78,7 +84,19 @@ def export_onnx(
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return ExportResult(path, diff, opset, fp16)
+    return ExportResult(path, diff, opset, fp16, simplify)
+
+
+def _simplify(proto):
+    try:
+        import onnxslim
+    except ImportError as exc:
+        raise UserError(
+            "--simplify needs onnxslim: pip install 'qmixprune[simplify]' (or onnxslim)"
+        ) from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return onnxslim.slim(proto)
 
 
 def _to_fp16(proto):

@@ -182,3 +182,27 @@ def test_take_turns_rewarms_each_turn_and_pairs_blocks():
     base = [np.array([1.0]), np.array([3.0]), np.array([1.0])]
     other = [np.array([0.5]), np.array([1.5]), np.array([0.5])]
     assert paired_speedup(base, other) == 2.0
+
+
+def test_export_simplify_keeps_parity(tmp_path, capsys):
+    import onnx
+
+    pytest.importorskip("onnxslim")
+    m = create("resnet56", width=0.25).eval()
+    res = export_onnx(m, tmp_path / "s.onnx", X[:1], simplify=True, check_inputs=[X])
+    assert res.simplified and res.max_abs_diff <= 1e-4 * max(1.0, float(m(X).abs().max()))
+    onnx.checker.check_model(onnx.load(str(res.path)))
+    src = tmp_path / "m.safetensors"
+    from qmixprune import save
+
+    save(m, src)
+    assert main(["export", str(src), "--simplify", "-o", str(tmp_path / "c.onnx")]) == 0
+    assert (tmp_path / "c.onnx").is_file()
+
+
+def test_export_simplify_without_onnxslim_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxslim", None)  # import fails
+    m = create("alexnet", width=0.125).eval()
+    with pytest.raises(UserError, match=r"qmixprune\[simplify\]"):
+        export_onnx(m, tmp_path / "s.onnx", X[:1], simplify=True)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
