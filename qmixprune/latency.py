@@ -78,6 +78,12 @@ def _layer(m: nn.Module, c_in: int, c_out: int) -> nn.Module:
     )
 
 
+def _signature(m: nn.Module) -> tuple:
+    if isinstance(m, nn.Linear):
+        return ("linear", m.bias is not None)
+    return ("conv", m.kernel_size, m.stride, m.padding, m.dilation, m.bias is not None)
+
+
 def profile(
     model: nn.Module,
     cost: CostModel,
@@ -113,6 +119,16 @@ def profile(
         model.eval()(example_input[:1])
     for h in hooks:
         h.remove()
+    memo: dict[tuple, float] = {}
+
+    def timed(m, ci: int, co: int, shape: tuple, dw: bool) -> float:
+        # layers of one shape (a ResNet stage's blocks) are timed once
+        key = (_signature(m), ci, co, shape[1:], dw)
+        if key not in memo:
+            x_shape = (batch, co if dw else ci, *shape[1:])
+            memo[key] = _onnx_ms(_layer(m, ci, co), x_shape, provider, threads, runs)
+        return memo[key]
+
     layers = {}
     for layer in cost.layers:
         if layer.name in layers:
@@ -126,19 +142,7 @@ def profile(
         ins = [full_in] if dw else _widths(full_in, grid, round_to, bool(layer.in_segs))
         outs = _widths(full_out, grid, round_to, any(g for g, _, _ in layer.out_segs))
         shape = shapes[layer.name]
-        ms = [
-            [
-                _onnx_ms(
-                    _layer(m, ci, co),
-                    (batch, ci, *shape[1:]) if not dw else (batch, co, *shape[1:]),
-                    provider,
-                    threads,
-                    runs,
-                )
-                for co in outs
-            ]
-            for ci in ins
-        ]
+        ms = [[timed(m, ci, co, shape, dw) for co in outs] for ci in ins]
         layers[layer.name] = {"in": ins, "out": outs, "ms": ms, "depthwise": dw}
         if progress:
             progress(layer.name)

@@ -146,3 +146,23 @@ def test_profiled_multiple_is_lowered_when_it_makes_the_target_unreachable(setup
     # an explicit round_to is the user's word: refused with the reason, not lowered
     with pytest.raises(UserError, match="unreachable"):
         build_env(model, load_data("digits"), replace(cfg, round_to=64), latency_table=coarse)
+
+
+def test_profile_times_each_layer_shape_once(monkeypatch):
+    import qmixprune.latency as lat
+
+    calls = []
+
+    def fake_ms(module, shape, provider, threads, runs):
+        calls.append((repr(module), tuple(shape)))
+        return 1.0
+
+    monkeypatch.setattr(lat, "_onnx_ms", fake_ms)
+    model = create("resnet56", width=0.25).eval()
+    cost = CostModel(model, analyze(model, X), X)
+    table = profile(model, cost, X, threads=1, round_to=4, runs=1, grid=(0.5, 1.0))
+    assert len(calls) == len(set(calls))  # nothing timed twice
+    # 55 3x3 convs in 3 stages of identical blocks: a handful of distinct shapes
+    per_layer = sum(len(t["in"]) * len(t["out"]) for t in table["layers"].values())
+    assert len(calls) < per_layer / 5
+    assert table["layers"]["layer1.3.conv1"] == table["layers"]["layer1.7.conv1"]
