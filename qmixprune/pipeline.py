@@ -111,6 +111,7 @@ class Result:
     """What ``compress`` made; the same fields as ``report.json``."""
 
     target_flops: float | None
+    target_latency: float | None
     original: dict
     pruned: dict
     channels: dict
@@ -176,6 +177,7 @@ def compress(
     (macs1, params1), acc1 = count(student, x), evaluate(student, data.test)
     result = Result(
         target_flops=cfg.target_flops,
+        target_latency=cfg.target_latency,
         original={"macs": macs0, "params": params0, "test_acc": acc0},
         pruned={"macs": macs1, "params": params1, "test_acc": acc1},
         channels={
@@ -188,6 +190,10 @@ def compress(
             "evaluations": found.evaluations,
             "episodes": found.episodes,
             "seconds": round(found.seconds, 1),
+            "round_to": env.cfg.round_to,
+            # the latency model's prediction, to set against the measured speed-up below
+            "predicted_latency": env.latency.ratio(found.counts) if env.latency else None,
+            "latency_table_batch": latency_table.get("batch") if latency_table else None,
         },
         finetune=history,
         latency=None,

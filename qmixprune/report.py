@@ -76,7 +76,7 @@ def markdown_report(report: dict) -> str:
     lines = [
         "# qmixprune report",
         "",
-        f"Target: keep {report['target_flops']:.2f} of the MACs (seed {report['seed']}).",
+        f"Target: keep {_targets(report)} (seed {report['seed']}).",
         "",
         "| | MACs | params | test acc |",
         "|---|---|---|---|",
@@ -87,6 +87,15 @@ def markdown_report(report: dict) -> str:
         f"Search: best val reward {report['search']['reward']:.4f} after "
         f"{report['search']['evaluations']} evaluations in {report['search']['seconds']} s.",
     ]
+    search = report["search"]
+    if search.get("predicted_latency") is not None:
+        lines += [
+            "",
+            f"Predicted latency (table at batch {search['latency_table_batch']}): "
+            f"{search['predicted_latency']:.3f} of the original's, a speed-up of "
+            f"{1 / search['predicted_latency']:.2f}x; channels in multiples of "
+            f"{search['round_to']}.",
+        ]
     if report.get("latency"):
         dev = report["latency"]["device"]
         lines += [
@@ -103,6 +112,15 @@ def markdown_report(report: dict) -> str:
     lines += ["", "| group | channels before | after |", "|---|---|---|"]
     lines += [f"| {g} | {c['before']} | {c['after']} |" for g, c in report["channels"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _targets(report: dict) -> str:
+    parts = []
+    if report.get("target_flops") is not None:
+        parts.append(f"{report['target_flops']:.2f} of the MACs")
+    if report.get("target_latency") is not None:
+        parts.append(f"{report['target_latency']:.2f} of the measured latency")
+    return " and ".join(parts) or "the plan given"
 
 
 def plot_channels(before: dict[str, int], after: dict[str, int], path: Path) -> Path | None:

@@ -127,3 +127,24 @@ def test_bad_input_one_line(tmp_path, model_file, capsys, argv_edit, message):
 def test_api_rejects_bad_target(model_file):
     with pytest.raises(UserError, match="target_flops"):
         compress(q.load(model_file), load_data("digits"), target_flops=0.0, config=SMALL)
+
+
+def test_latency_only_target_reports_prediction(tmp_path, model_file):
+    from dataclasses import replace
+
+    from qmixprune import analyze
+    from qmixprune.budget import CostModel
+    from qmixprune.latency import profile
+
+    model = q.load(model_file)
+    x = torch.zeros(1, 3, 32, 32)
+    table = profile(model, CostModel(model, analyze(model, x), x), x, threads=1, runs=2)
+    cfg = replace(SMALL, target_flops=None, target_latency=0.8)
+    out = tmp_path / "o"
+    res = compress(model, load_data("digits"), config=cfg, out=out, quiet=True, latency_table=table)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["target_flops"] is None and rep["target_latency"] == 0.8
+    assert rep["search"]["predicted_latency"] <= 0.8
+    assert rep["search"]["round_to"] >= 1 and res.pruned["macs"] < res.original["macs"]
+    md = (out / "report.md").read_text()
+    assert "0.80 of the measured latency" in md and "Predicted latency" in md
