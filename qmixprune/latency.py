@@ -247,6 +247,7 @@ class LatencyModel:
             )
         self.table, self.cost = table, cost
         self.full = {name: (t["in"][-1], t["out"][-1]) for name, t in table["layers"].items()}
+        self.penalty = {int(a): c for a, c in table.get("alignment", {}).items()}
         self.offset, self.scale = self._fit(table)
         self.base = self.ms({})
 
@@ -268,8 +269,22 @@ class LatencyModel:
             fin, fout = self.full[layer.name]
             ci = fin * _fraction(layer.in_segs, counts)
             co = fout * _fraction(layer.out_segs, counts)
-            total += _bilinear(t["in"], t["out"], t["ms"], ci, co)
+            ms = _bilinear(t["in"], t["out"], t["ms"], ci, co)
+            total += ms * self._misaligned(ci, co, fin, fout)
         return total
+
+    def _misaligned(self, ci: float, co: float, fin: int, fout: int) -> float:
+        """The grid holds aligned widths only; a pruned width that is a multiple of a coarser
+        alignment than others costs what the profile measured per MAC at that alignment
+        (1 without such measurements). Widths left whole are the model's own and not charged:
+        the first conv's 3 image channels are no slower for it."""
+        if not self.penalty:
+            return 1.0
+        pruned = [round(w) for w, full in ((ci, fin), (co, fout)) if round(w) != full]
+        if not pruned:
+            return 1.0
+        fits = [a for a in self.penalty if all(w % a == 0 for w in pruned)]
+        return self.penalty[max(fits)] if fits else max(self.penalty.values())
 
     def ms(self, counts: dict[str, int]) -> float:
         return self.offset + self.scale * self._sum(counts)

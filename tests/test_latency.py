@@ -166,3 +166,17 @@ def test_profile_times_each_layer_shape_once(monkeypatch):
     per_layer = sum(len(t["in"]) * len(t["out"]) for t in table["layers"].values())
     assert len(calls) < per_layer / 5
     assert table["layers"]["layer1.3.conv1"] == table["layers"]["layer1.7.conv1"]
+
+
+def test_latency_model_charges_misaligned_widths(setup):
+    model, graph, cost, table = setup
+    blind = LatencyModel({**table, "alignment": {}}, cost)
+    aware = LatencyModel({**table, "alignment": {"1": 3.0, "4": 1.5, "8": 1.0}}, cost)
+    assert aware.ratio({}) == pytest.approx(1.0)  # the unpruned model is not charged
+    aligned = {g.name: g.channels - 8 for g in graph.prunable}  # 16..128 wide: multiples of 8
+    odd = {g: c - 1 for g, c in aligned.items()}
+    by4 = {g: c + 4 for g, c in aligned.items()}
+    assert all(c % 8 == 0 for c in aligned.values())
+    # the blind model calls the odd plan cheaper (fewer channels); the aware one does not
+    assert blind.ratio(odd) < blind.ratio(aligned)
+    assert aware.ratio(aligned) < aware.ratio(by4) < aware.ratio(odd)
