@@ -55,12 +55,62 @@ def measured_ratio(a: Path, b: Path, batch: int, threads: int, runs: int) -> flo
     return 1.0 / rows[1]["speedup"]
 
 
+def qmix_pair(model, graph, order, data, table, latency, mult, seed, episodes, runs, args):
+    """The QMIX plan for the FLOPs target, and one for a latency target that measures equal
+    to it (closed loop, at most 3 searches)."""
+    x = torch.zeros(1, 3, 32, 32)
+    env = build_env(model, data, EnvConfig(target_flops=args.target, round_to=mult), seed=seed)
+    flops_plan = search(env, SearchConfig(episodes=episodes, seed=seed)).counts
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        _, flops_file = onnx_of(model, graph, flops_plan, order, d / "f.onnx", x)
+        target, loop, kept = latency.ratio(flops_plan), [], None
+        for _ in range(3):
+            cfg = EnvConfig(target_flops=None, target_latency=target)
+            env = build_env(model, data, cfg, seed=seed, latency_table=table)
+            counts = search(env, SearchConfig(episodes=episodes, seed=seed)).counts
+            _, lat_file = onnx_of(model, graph, counts, order, d / "l.onnx", x)
+            ratio = measured_ratio(
+                flops_file, lat_file, args.profile_batch, args.threads, runs // 2
+            )
+            loop.append({"target": target, "measured_vs_flops_plan": ratio})
+            print(f"  seed {seed}: latency target {target:.3f}: {ratio:.3f}x the FLOPs plan's")
+            if ratio <= 1.02 or kept is None:
+                kept = counts  # the last plan not slower than the FLOPs plan
+            if 0.97 <= ratio <= 1.02:
+                break
+            target /= ratio  # slower: tighten; faster: spend the slack
+    return flops_plan, kept, loop
+
+
+def summarize(rows: list[dict]) -> list[str]:
+    """Mean accuracy and batch-32 speed-up of the QMIX plans over seeds, per target."""
+    import numpy as np
+
+    lines = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        for kind in ("qmix-flops", "qmix-latency"):
+            picked = [r for r in rows if r["model"] == name and r["plan"].startswith(kind + "-")]
+            b32 = [r["speedup"] for r in picked if r["batch"] == 32]
+            b1 = [r["speedup"] for r in picked if r["batch"] == 1]
+            accs = [r["acc"] for r in picked if r["batch"] == 32]
+            if accs:
+                lines.append(
+                    f"{name:<9} {kind:<13} over {len(accs)} seeds: acc {np.mean(accs):.4f} "
+                    f"({min(accs):.4f}-{max(accs):.4f}), MACs "
+                    f"{np.mean([r['macs'] for r in picked]):.3f}, speed-up batch 1 "
+                    f"{np.mean(b1):.2f}x, batch 32 {np.mean(b32):.2f}x"
+                )
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--models", default="vgg16,resnet56")
     p.add_argument("--target", type=float, default=0.4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=1, help="QMIX searches per target")
     p.add_argument("--profile-batch", type=int, default=32, help="batch the latency table is for")
     p.add_argument("--json")
     args = p.parse_args()
@@ -86,34 +136,13 @@ def main() -> None:
             "uniform-r8": uniform_counts(Budget(cost, args.target), groups, round_to=8),
             f"uniform-r{mult}": uniform_counts(Budget(cost, args.target), groups, round_to=mult),
         }
-        env = build_env(model, data, EnvConfig(target_flops=args.target, round_to=mult))
-        plans["qmix-flops"] = search(env, SearchConfig(episodes=episodes)).counts
-        with tempfile.TemporaryDirectory() as d:
-            d = Path(d)
-            _, flops_file = onnx_of(model, graph, plans["qmix-flops"], order, d / "f.onnx", x)
-            target, loop, kept = latency.ratio(plans["qmix-flops"]), [], None
-            for _ in range(3):
-                env = build_env(
-                    model,
-                    data,
-                    EnvConfig(target_flops=None, target_latency=target),
-                    latency_table=table,
-                )
-                counts = search(env, SearchConfig(episodes=episodes)).counts
-                _, lat_file = onnx_of(model, graph, counts, order, d / "l.onnx", x)
-                ratio = measured_ratio(
-                    flops_file, lat_file, args.profile_batch, args.threads, runs // 2
-                )
-                loop.append({"target": target, "measured_vs_flops_plan": ratio})
-                print(f"  latency target {target:.3f}: measured {ratio:.3f}x the FLOPs plan's")
-                if ratio <= 1.02 or kept is None:
-                    kept = counts  # the last plan not slower than the FLOPs plan
-                if 0.97 <= ratio <= 1.02:
-                    break
-                target /= ratio  # slower: tighten; faster: spend the slack
-            counts = kept
-            plans["qmix-latency"] = counts
-            loops[name] = loop
+        loops[name] = {}
+        for seed in range(args.seeds):
+            flops_plan, latency_plan, loop = qmix_pair(
+                model, graph, order, data, table, latency, mult, seed, episodes, runs, args
+            )
+            plans[f"qmix-flops-s{seed}"], plans[f"qmix-latency-s{seed}"] = flops_plan, latency_plan
+            loops[name][seed] = loop
         with tempfile.TemporaryDirectory() as d:
             files = [export_onnx(model, Path(d) / "original.onnx", x).path]
             accs = {"original": evaluate(model, data.test)}
@@ -141,14 +170,23 @@ def main() -> None:
             }
             rows.append(row)
             print(
-                f"{name:<9} {plan_name:<13} MACs {row['macs']:.3f}  acc {row['acc']:.4f}  "
+                f"{name:<9} {plan_name:<16} MACs {row['macs']:.3f}  acc {row['acc']:.4f}  "
                 f"batch {r['batch']:>2}  p50 {r['p50_ms']:8.3f} ms  speed-up "
                 f"{r['speedup']:.2f}x  (predicted at batch {args.profile_batch}: "
                 f"{1 / row['predicted_latency']:.2f}x)",
                 flush=True,
             )
+    summary = summarize(rows)
+    for line in summary:
+        print(line)
     if args.json:
-        doc = {"device": report["device"], "threads": args.threads, "rows": rows, "loops": loops}
+        doc = {
+            "device": report["device"],
+            "threads": args.threads,
+            "rows": rows,
+            "loops": loops,
+            "summary": summary,
+        }
         Path(args.json).write_text(json.dumps(doc, indent=2))
 
 
