@@ -154,6 +154,7 @@ def profile(
         "total_ms": points[0]["ms"],
         "layers": layers,
         "calibration": [p for p in points[1:] if p["round_to"] == round_to],
+        "misaligned": [p for p in points[1:] if p["round_to"] < round_to],
         "alignment": alignment_costs(points),
     }
 
@@ -247,8 +248,10 @@ class LatencyModel:
             )
         self.table, self.cost = table, cost
         self.full = {name: (t["in"][-1], t["out"][-1]) for name, t in table["layers"].items()}
-        self.penalty = {int(a): c for a, c in table.get("alignment", {}).items()}
+        self.multiple = int(table.get("round_to", 1))
+        self.penalty: dict[int, float] = {}
         self.offset, self.scale = self._fit(table)
+        self.penalty = self._fit_penalties(table.get("misaligned", []))
         self.base = self.ms({})
 
     def _fit(self, table: dict) -> tuple[float, float]:
@@ -262,29 +265,59 @@ class LatencyModel:
                 return float(offset), float(scale)
         return 0.0, (ys[0] / xs[0] if xs[0] > 0 else 1.0)
 
-    def _sum(self, counts: dict[str, int]) -> float:
-        total = 0.0
+    def _parts(self, counts: dict[str, int]) -> tuple[float, dict[int, float]]:
+        """Sum of isolated-layer times: of layers whose pruned widths are multiples of the
+        profiled multiple, and of the others by the coarsest alignment they have."""
+        aligned, other = 0.0, {}
         for layer in self.cost.layers:
             t = self.table["layers"][layer.name]
             fin, fout = self.full[layer.name]
             ci = fin * _fraction(layer.in_segs, counts)
             co = fout * _fraction(layer.out_segs, counts)
             ms = _bilinear(t["in"], t["out"], t["ms"], ci, co)
-            total += ms * self._misaligned(ci, co, fin, fout)
-        return total
+            a = self._alignment(ci, co, fin, fout)
+            if a is None:
+                aligned += ms
+            else:
+                other[a] = other.get(a, 0.0) + ms
+        return aligned, other
 
-    def _misaligned(self, ci: float, co: float, fin: int, fout: int) -> float:
-        """The grid holds aligned widths only; a pruned width that is a multiple of a coarser
-        alignment than others costs what the profile measured per MAC at that alignment
-        (1 without such measurements). Widths left whole are the model's own and not charged:
-        the first conv's 3 image channels are no slower for it."""
-        if not self.penalty:
-            return 1.0
+    def _alignment(self, ci: float, co: float, fin: int, fout: int) -> int | None:
+        """None when every pruned width is a multiple of the profiled multiple (widths left
+        whole are the model's own: the first conv's 3 image channels cost nothing extra);
+        else the largest power of two dividing them all."""
         pruned = [round(w) for w, full in ((ci, fin), (co, fout)) if round(w) != full]
-        if not pruned:
-            return 1.0
-        fits = [a for a in self.penalty if all(w % a == 0 for w in pruned)]
-        return self.penalty[max(fits)] if fits else max(self.penalty.values())
+        a = self.multiple
+        if all(w % a == 0 for w in pruned):
+            return None
+        while a > 1 and not all(w % a == 0 for w in pruned):
+            a //= 2
+        return a
+
+    def _fit_penalties(self, points: list[dict]) -> dict[int, float]:
+        """Per alignment finer than the profiled multiple: how much slower its layers ran in
+        the whole-model timings of uniform plans rounded to it, once the calibrated model
+        accounts for the aligned layers (geometric mean over the points; at least 1)."""
+        found: dict[int, list[float]] = {}
+        for p in points:
+            aligned, other = self._parts(p["channels"])
+            slow = sum(other.values())
+            if slow <= 0:
+                continue
+            excess = (p["ms"] - self.offset - self.scale * aligned) / (self.scale * slow)
+            found.setdefault(min(other), []).append(max(excess, 1.0))
+        return {a: float(np.exp(np.mean(np.log(v)))) for a, v in found.items()}
+
+    def _sum(self, counts: dict[str, int]) -> float:
+        aligned, other = self._parts(counts)
+        return aligned + sum(ms * self._penalty(a) for a, ms in other.items())
+
+    def _penalty(self, a: int) -> float:
+        """Measured penalty of alignment ``a``, else of the nearest finer one measured."""
+        finer = [b for b in self.penalty if b <= a]
+        if finer:
+            return self.penalty[max(finer)]
+        return max(self.penalty.values(), default=1.0)
 
     def ms(self, counts: dict[str, int]) -> float:
         return self.offset + self.scale * self._sum(counts)

@@ -89,7 +89,7 @@ def test_latency_target_is_met_by_the_wall(setup):
     )
     counts = env.project(torch.rand(env.n_agents))
     assert 0.49 <= env.latency.ratio(counts) <= 0.5
-    both = Budget(cost, 0.3, env.latency, 0.9)
+    both = Budget(cost, cost.ratio(counts) * 0.9, env.latency, 0.9)
     assert both.load(counts) > 1.0  # the FLOPs target binds here
     pruned = apply_plan(model, graph, plan_for_counts(graph, counts))
     assert pruned(X).shape == (1, 10)
@@ -169,14 +169,20 @@ def test_profile_times_each_layer_shape_once(monkeypatch):
 
 
 def test_latency_model_charges_misaligned_widths(setup):
-    model, graph, cost, table = setup
-    blind = LatencyModel({**table, "alignment": {}}, cost)
-    aware = LatencyModel({**table, "alignment": {"1": 3.0, "4": 1.5, "8": 1.0}}, cost)
-    assert aware.ratio({}) == pytest.approx(1.0)  # the unpruned model is not charged
+    model, graph, cost, table = setup  # profiled in multiples of 8
+    blind = LatencyModel({**table, "misaligned": []}, cost)
     aligned = {g.name: g.channels - 8 for g in graph.prunable}  # 16..128 wide: multiples of 8
     odd = {g: c - 1 for g, c in aligned.items()}
     by4 = {g: c + 4 for g, c in aligned.items()}
-    assert all(c % 8 == 0 for c in aligned.values())
+    # a whole-model timing in which the layers with odd widths ran 3x their isolated time
+    ok, other = blind._parts(odd)
+    assert list(other) == [1]
+    ms = blind.offset + blind.scale * (ok + 3.0 * other[1])
+    point = {"round_to": 1, "keep": 0.5, "channels": odd, "ms": ms}
+    aware = LatencyModel({**table, "misaligned": [point]}, cost)
+    assert aware.penalty == {1: pytest.approx(3.0)}
+    assert aware.ratio({}) == pytest.approx(1.0)  # the unpruned model is not charged
     # the blind model calls the odd plan cheaper (fewer channels); the aware one does not
-    assert blind.ratio(odd) < blind.ratio(aligned)
-    assert aware.ratio(aligned) < aware.ratio(by4) < aware.ratio(odd)
+    assert blind.ratio(odd) < blind.ratio(aligned) < aware.ratio(odd)
+    # multiples of 4 were not measured: charged like the finer alignment that was
+    assert aware.ratio(by4) > blind.ratio(by4) and aware.ratio(aligned) == blind.ratio(aligned)
