@@ -202,7 +202,9 @@ def compress(
         model=student,
     )
     if out is not None and is_main():
-        _write_outputs(result, teacher, cfg, out, x, log)
+        # time the result as the latency table was measured, when there is one
+        threads = latency_table.get("threads") if latency_table else None
+        _write_outputs(result, teacher, cfg, out, x, log, threads)
     log(
         f"pruned: {macs1:,} MACs ({macs1 / macs0:.3f}), {params1:,} params, "
         f"test acc {acc1:.4f} ({acc1 - acc0:+.4f})"
@@ -210,7 +212,9 @@ def compress(
     return result
 
 
-def _write_outputs(result: Result, teacher, cfg: CompressConfig, out: Path, x, log):
+def _write_outputs(
+    result: Result, teacher, cfg: CompressConfig, out: Path, x, log, threads: int | None = None
+):
     save(result.model, out / "model.safetensors")
     if cfg.export:
         try:
@@ -220,12 +224,14 @@ def _write_outputs(result: Result, teacher, cfg: CompressConfig, out: Path, x, l
                 report = bench(
                     [str(Path(tmp) / "original.onnx"), str(out / "model.onnx")],
                     (1, 32),
+                    threads=threads,
                     runs=cfg.bench_runs,
                     warmup=5,
                 )
             rows = report["results"]
             result.latency = {
                 "device": report["device"],
+                "threads": threads,
                 "results": [
                     {**r, "model": "original" if i % 2 == 0 else "pruned"}
                     for i, r in enumerate(rows)

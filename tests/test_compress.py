@@ -146,5 +146,6 @@ def test_latency_only_target_reports_prediction(tmp_path, model_file):
     assert rep["target_flops"] is None and rep["target_latency"] == 0.8
     assert rep["search"]["predicted_latency"] <= 0.8
     assert rep["search"]["round_to"] >= 1 and res.pruned["macs"] < res.original["macs"]
+    assert rep["latency"]["threads"] == 1  # timed with the table's thread count
     md = (out / "report.md").read_text()
     assert "0.80 of the measured latency" in md and "Predicted latency" in md
