@@ -217,7 +217,8 @@ def pick_alignment(points: list[dict], tolerance: float = 0.05) -> int:
     costs = alignment_costs(points)
     if not costs:
         return 1
-    return min(int(a) for a, c in costs.items() if c <= 1 + tolerance)
+    best = min(costs.values())  # above 1 when the best multiple differs between keeps
+    return min(int(a) for a, c in costs.items() if c <= best * (1 + tolerance))
 
 
 def save_table(table: dict, path: str | Path) -> Path:

@@ -57,6 +57,10 @@ def test_pick_alignment_prefers_the_smallest_multiple_that_is_not_slower():
     # averaged over keep fractions: 8 is as good as 16 at keep 0.25
     pts += [row(0.25, 8, 0.25, 1.0), row(0.25, 16, 0.25, 1.0)]
     assert alignment_costs(pts)["8"] == pytest.approx(1.2**0.5)
+    # no multiple is best at every keep: the pick is relative to the best average
+    split = [row(1.0, 1, 1.0, 10.0), row(0.5, 4, 0.5, 1.0), row(0.5, 8, 0.5, 1.2)]
+    split += [row(0.25, 4, 0.25, 0.6), row(0.25, 8, 0.25, 0.5)]
+    assert min(alignment_costs(split).values()) > 1.05 and pick_alignment(split) == 4
 
 
 def test_profile_measures_the_alignment(setup):
