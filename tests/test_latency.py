@@ -70,8 +70,8 @@ def test_profile_measures_the_alignment(setup):
     table = profile(model, cost, X, threads=1, runs=2, grid=(1.0,))
     a = table["round_to"]
     assert a in ALIGNMENTS and set(table["alignment"]) <= {str(x) for x in ALIGNMENTS}
-    assert min(table["alignment"].values()) == pytest.approx(1.0)
-    assert table["alignment"][str(a)] <= 1.05
+    best = min(table["alignment"].values())  # relative to the best at each keep: >= 1
+    assert best >= 1.0 and table["alignment"][str(a)] <= best * 1.05
     assert all(
         w % a == 0 or w == full
         for name, t in table["layers"].items()
