@@ -139,7 +139,7 @@ def bench(
     sessions = [session(m, provider, threads, spin) for m in models]
     results = []
     for b in batches:
-        calls = [_caller(s, _feed(s, b)) for s in sessions]
+        calls = [caller(s, _feed(s, b)) for s in sessions]
         for call in calls:
             for _ in range(warmup):
                 call()
@@ -151,7 +151,8 @@ def bench(
     return {"device": device_info(provider), "threads": threads, "runs": runs, "results": results}
 
 
-def _caller(sess, feed):
+def caller(sess, feed: dict):
+    """A no-argument call that runs ``sess`` on ``feed`` (what ``take_turns`` times)."""
     return lambda: sess.run(None, feed)
 
 

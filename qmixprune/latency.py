@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .bench import device_info, session, take_turns
+from .bench import caller, device_info, session, take_turns
 from .budget import CostModel, _fraction
 from .errors import UserError
 
@@ -50,16 +49,11 @@ def _onnx_session(module: nn.Module, shape, provider: str, threads):
 
 
 def _onnx_ms(module: nn.Module, shape, provider: str, threads, runs: int) -> float:
+    """Median ms of ``runs`` timed runs, after 3 untimed ones."""
     sess = _onnx_session(module, shape, provider, threads)
     feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    for _ in range(3):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    (blocks,) = take_turns([caller(sess, feed)], runs, block=runs)
+    return float(np.median(np.concatenate(blocks)) * 1e3)
 
 
 def _layer(m: nn.Module, c_in: int, c_out: int) -> nn.Module:
@@ -185,13 +179,10 @@ def whole_model_points(
             row = {"keep": target, "round_to": a, "channels": counts, "model": pruned}
             points.append({**row, "macs": cost.ratio(counts)})
     feed = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    calls = []
-    for p in points:
-        sess = _onnx_session(p.pop("model"), shape, provider, threads)
-        calls.append(lambda sess=sess: sess.run(None, {"input": feed}))
-    for call in calls:
-        for _ in range(3):
-            call()
+    calls = [
+        caller(_onnx_session(p.pop("model"), shape, provider, threads), {"input": feed})
+        for p in points
+    ]
     for p, blocks in zip(points, take_turns(calls, runs, block=5)):
         p["ms"] = float(np.median(np.concatenate(blocks))) * 1e3
     return points
@@ -250,7 +241,7 @@ class LatencyModel:
         self.table, self.cost = table, cost
         self.full = {name: (t["in"][-1], t["out"][-1]) for name, t in table["layers"].items()}
         self.multiple = int(table.get("round_to", 1))
-        self.penalty: dict[int, float] = {}
+        self.penalty: dict[int, float] = {}  # none while fitting: calibration is aligned
         self.offset, self.scale = self._fit(table)
         self.penalty = self._fit_penalties(table.get("misaligned", []))
         self.base = self.ms({})
@@ -289,11 +280,9 @@ class LatencyModel:
         else the largest power of two dividing them all."""
         pruned = [round(w) for w, full in ((ci, fin), (co, fout)) if round(w) != full]
         a = self.multiple
-        if all(w % a == 0 for w in pruned):
-            return None
         while a > 1 and not all(w % a == 0 for w in pruned):
             a //= 2
-        return a
+        return None if a == self.multiple else a
 
     def _fit_penalties(self, points: list[dict]) -> dict[int, float]:
         """Per alignment finer than the profiled multiple: how much slower its layers ran in

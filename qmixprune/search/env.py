@@ -73,7 +73,7 @@ def default_round_to(cfg: EnvConfig, latency) -> int:
     """1 (finest control) for a FLOPs budget; with a latency target, the channel multiple
     that ``qmixprune profile`` measured the device to reward."""
     if cfg.target_latency is not None and latency is not None:
-        return int(latency.table.get("round_to", 1))
+        return latency.multiple
     return 1
 
 
