@@ -92,6 +92,11 @@ def profile(
 ) -> dict:
     """Latency table of ``model`` on this device (see the module docstring); ``round_to``
     None measures the alignment, an integer imposes it."""
+    if (round_to is not None and round_to < 1) or runs < 1 or batch < 1:
+        raise UserError(
+            f"profile needs --round-to >= 1 (or none, to measure it), --runs >= 1 and "
+            f"--batch >= 1; got {round_to}, {runs}, {batch}"
+        )
     shape = (batch, *example_input.shape[1:])
     aligns = ALIGNMENTS if round_to is None else (round_to,)
     points = whole_model_points(model, cost, example_input, shape, provider, threads, runs, aligns)

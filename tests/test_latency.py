@@ -190,3 +190,12 @@ def test_latency_model_charges_misaligned_widths(setup):
     assert blind.ratio(odd) < blind.ratio(aligned) < aware.ratio(odd)
     # multiples of 4 were not measured: charged like the finer alignment that was
     assert aware.ratio(by4) > blind.ratio(by4) and aware.ratio(aligned) == blind.ratio(aligned)
+
+
+@pytest.mark.parametrize("flag", [["--round-to", "0"], ["--runs", "0"], ["--batch", "0"]])
+def test_profile_refuses_bad_numbers(tmp_path, capsys, flag):
+    m = tmp_path / "m.safetensors"
+    save(create("alexnet", width=0.125), m)
+    out = tmp_path / "t.json"
+    assert main(["profile", str(m), *flag, "-o", str(out)]) == 2
+    assert ">= 1" in capsys.readouterr().err and not out.exists()
