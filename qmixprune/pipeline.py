@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,31 +17,12 @@ from .distributed import is_main
 from .errors import UserError
 from .export import export_onnx
 from .flops import count
+from .progress import progress
 from .pruning import apply_plan, plan_for_counts
 from .report import markdown_report, plan_json, plot_channels, plot_curve, plot_rewards, write_json
 from .search import PruningEnv, SearchConfig, SearchResult, build_env, search
 from .serialize import atomic_write_bytes, save
 from .train import evaluate, loader, recalibrate_bn
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, label: str, quiet: bool):
-    """A rich progress bar, or nothing under --quiet; yields ``update(advance, text)``."""
-    if quiet:
-        yield lambda advance=1, text="": None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    cols = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
-    with Progress(*cols, transient=False) as bar:
-        task = bar.add_task(label, total=total, info="")
-        yield lambda advance=1, text="": bar.update(task, advance=advance, info=text)
 
 
 def run_search(
@@ -60,7 +40,7 @@ def run_search(
     env = build_env(model, data, cfg.env, seed=cfg.seed, latency_table=latency_table)
     if out is not None and is_main():
         write_json(out / "search_config.json", as_dict(cfg))
-    with progress_bar(cfg.episodes, "search", quiet) as update:
+    with progress(cfg.episodes, "search", quiet, every=cfg.checkpoint_every) as update:
 
         def on_episode(entry: dict) -> None:
             update(1, f"best {entry['best']:.4f}  evals {entry['evaluations']}")
@@ -164,7 +144,7 @@ def compress(
         f"distilling {cfg.distill.epochs} epochs"
     )
 
-    with progress_bar(cfg.distill.epochs, "distill", quiet) as update:
+    with progress(cfg.distill.epochs, "distill", quiet) as update:
         student, history = distill(
             student,
             teacher,
