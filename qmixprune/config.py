@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,11 +56,73 @@ def build(cls: type[T], values: dict, where: str = "config") -> T:
             if not isinstance(value, dict):
                 raise UserError(f"{where}.{name} must be a mapping")
             value = build(hint, value, f"{where}.{name}")
+        else:
+            value = check_type(value, hint, f"{where}.{name}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise UserError(f"bad {where}: {exc}") from exc
+
+
+def check_type(value: Any, hint: Any, key: str) -> Any:
+    """``value`` if it fits the field type ``hint`` (int, float, bool, str, Optional, Literal,
+    tuples and lists of those; an int is a valid float and becomes one), else one line
+    naming the key and the type it needs."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return check_type(value, arg, key)
+            except UserError:
+                continue
+        raise UserError(_wrong(key, value, " or ".join(_name(a) for a in args)))
+    if origin is typing.Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        raise UserError(f"{key} must be one of {list(args)}, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(_wrong(key, value, "a list"))
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length
+            if len(value) != len(args):
+                raise UserError(f"{key} must hold {len(args)} values, got {len(value)}")
+            return tuple(
+                check_type(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args))
+            )
+        item = args[0] if args else Any
+        return origin(check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(_wrong(key, value, "a number"))
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(_wrong(key, value, "a whole number"))
+    if hint in (bool, str) and not isinstance(value, hint):
+        raise UserError(_wrong(key, value, "true or false" if hint is bool else "a string"))
+    return value
+
+
+def _wrong(key: str, value: Any, wanted: str) -> str:
+    if not isinstance(value, str):
+        return f"{key} must be {wanted}, got {value!r}"
+    try:
+        float(value)
+        hint = " (write numbers without quotes; YAML reads 1e-3 as a string: write 1.0e-3)"
+    except ValueError:
+        hint = ""
+    return f"{key} must be {wanted}, got the string {value!r}{hint}"
+
+
+def _name(hint: Any) -> str:
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(hint, "null" if hint is type(None) else getattr(hint, "__name__", str(hint)))
 
 
 def merge(base: dict, overrides: dict) -> dict:

@@ -1,0 +1,254 @@
+"""The output folder a run owns: checked before anything is written, marked as ours,
+locked while a run writes into it, and cleared on ``--overwrite`` of what qmixprune wrote
+and nothing else.
+
+``check`` reads only (every rank of a torchrun job can call it before the group forms);
+``claim`` is the one place that creates, clears, marks and locks OUT. Imports neither
+torch nor numpy: ``bench`` uses :func:`check_file` on edge devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .errors import UserError
+
+MARKER = ".qmixprune-out"  # written into every OUT a run creates: "qmixprune owns this"
+LOCK = ".qmixprune.lock"  # pid and host of the run writing into OUT now
+
+# Every name a run writes into OUT (add new outputs here, or --overwrite will leave them).
+OUTPUTS = (
+    "config.json",
+    "search_config.json",
+    "plan.json",
+    "search_log.jsonl",
+    "search_checkpoint.pt",
+    "distill_checkpoint.pt",
+    "model.safetensors",
+    "model.onnx",
+    "model.engine",
+    "model_int8.onnx",
+    "model_int8.engine",
+    "report.json",
+    "report.md",
+    "channels.png",
+    "reward_curve.png",
+    "finetune_curve.png",
+)
+# Temporary names of our atomic writes (serialize.atomic_write_bytes, export, plots): a run
+# killed with -9 leaves them behind, and the next run into OUT removes them.
+TEMP_PREFIXES = tuple(f".{name}." for name in (*OUTPUTS, MARKER)) + (".write-test",)
+
+
+def check(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: Sequence = ()) -> Path:
+    """Refuse, with one line, any OUT that a run may not write into; touches nothing.
+
+    ``inputs`` are the paths the run reads (model, data, config, latency table): OUT may
+    not be one of them or hold one when it is to be cleared."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder: choose a folder for -o")
+    if overwrite and resume:
+        raise UserError("--overwrite and --resume contradict each other: pass one of them")
+    here = _real(out)
+    for inp in inputs:
+        if inp is not None and _real(inp) == here:
+            raise UserError(f"-o {out} is an input of this run: choose another output folder")
+    if out.is_dir() and _entries(out) and not (overwrite or resume):
+        raise UserError(f"{out} is not empty: pass --overwrite to replace it or --resume to go on")
+    if out.is_dir() and overwrite:
+        _check_clearable(out, here, inputs)
+    if out.is_dir():
+        holder = _holder(out / LOCK)
+        if holder is not None:
+            raise UserError(
+                f"another qmixprune run (pid {holder}) is writing into {out}: wait for it to "
+                "end or choose another -o"
+            )
+    if resume and not out.is_dir():
+        raise UserError(f"nothing to resume: {out} does not exist (run without --resume)")
+    _check_writable(out)
+    return out
+
+
+def _check_clearable(out: Path, here: Path, inputs: Sequence) -> None:
+    protected = {_real(Path.cwd()), _real(Path.home()), Path(here.anchor)}
+    if here in protected:
+        raise UserError(
+            f"refusing --overwrite of {out} (the working directory, home or a root): "
+            "choose a dedicated output folder"
+        )
+    for inp in inputs:
+        if inp is not None and here in _real(inp).parents:
+            raise UserError(
+                f"refusing --overwrite of {out}: it holds an input of this run ({inp}); "
+                "choose another output folder"
+            )
+    if _entries(out) and not (out / MARKER).is_file():
+        raise UserError(
+            f"refusing --overwrite of {out}: qmixprune did not create it (no {MARKER}); "
+            "choose another -o or empty it yourself"
+        )
+
+
+@contextlib.contextmanager
+def claim(out: str | os.PathLike, overwrite: bool, resume: bool) -> Iterator[Path]:
+    """Create (or clear, with ``overwrite``) OUT, mark it as ours and hold its lock for the
+    duration of the ``with`` block. Call :func:`check` first."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    lock = _lock(out)
+    try:
+        if overwrite:
+            clear(out)
+        remove_stale_temps(out)
+        if not (out / MARKER).is_file():
+            _write_small(out / MARKER, json.dumps({"created": time.time()}) + "\n")
+        yield out
+    finally:
+        with contextlib.suppress(OSError):
+            if _holder_pid(lock) == os.getpid():
+                lock.unlink()
+
+
+def clear(out: Path) -> list[str]:
+    """Remove the files qmixprune writes (and their stale temporaries) from OUT; nothing
+    else, and no folder. Returns the names removed."""
+    removed = []
+    for p in out.iterdir():
+        if p.is_file() and not p.is_symlink() and (p.name in OUTPUTS or _is_temp(p.name)):
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+def remove_stale_temps(out: Path) -> list[str]:
+    """Temporaries of ours left by a killed run (the lock is ours, so none is in use)."""
+    removed = []
+    for p in out.iterdir():
+        if p.is_file() and not p.is_symlink() and _is_temp(p.name):
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+def check_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, with one line, an output file path that cannot be written (a folder, a missing
+    or read-only parent) before any work is done; creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder: give a file name")
+    parent = path.parent
+    existing = _nearest_existing(parent)
+    if not existing.is_dir():
+        raise UserError(f"cannot write {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        raise UserError(f"cannot write {path}: permission denied (choose another location)")
+    return path
+
+
+def _check_writable(out: Path) -> None:
+    existing = _nearest_existing(out)
+    if not existing.is_dir():
+        raise UserError(f"cannot create {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {out}: permission denied (choose another -o)")
+
+
+def _lock(out: Path) -> Path:
+    """Take OUT's lock (O_EXCL); a lock whose process is gone is taken over."""
+    lock = out / LOCK
+    body = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None:
+                raise UserError(
+                    f"another qmixprune run (pid {holder}) is writing into {out}: wait for it "
+                    "to end or choose another -o"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # stale: its run was killed
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot write into {out}: {exc.strerror or exc}") from exc
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+        if _holder_pid(lock) == os.getpid():
+            return lock
+    raise UserError(f"could not lock {out}: another run keeps taking it; try again")
+
+
+def _holder(lock: Path) -> int | None:
+    """The pid of the live process holding ``lock``, or None (no lock, or a stale one)."""
+    try:
+        info = json.loads(lock.read_text())
+        pid, host = int(info["pid"]), info.get("host")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        # being written this instant, or damaged: judge it by its age
+        try:
+            return -1 if time.time() - lock.stat().st_mtime < 5 else None
+        except OSError:
+            return None
+    if host not in (None, socket.gethostname()):
+        return pid  # another machine's run (a shared disk): we cannot tell, so respect it
+    return pid if _alive(pid) else None
+
+
+def _holder_pid(lock: Path) -> int | None:
+    try:
+        return int(json.loads(lock.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _write_small(path: Path, text: str) -> None:
+    from .serialize import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(TEMP_PREFIXES)
+
+
+def _entries(out: Path) -> list[Path]:
+    return list(out.iterdir())
+
+
+def _real(p) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(p))))
+
+
+def _nearest_existing(p: Path) -> Path:
+    p = _real(p)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
