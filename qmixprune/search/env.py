@@ -41,16 +41,16 @@ N_GLOBAL = 4  # step, budget load of the proposal (1 = on target), first target,
 class EnvConfig:
     target_flops: float | None = 0.4  # fraction of the MACs kept
     target_latency: float | None = None  # fraction of the measured latency kept
-    steps: int = 6
-    n_actions: int = 5
+    steps: int = 6  # pruning steps per episode
+    n_actions: int = 5  # actions per step: remove 0, 1, ... n_actions-1 times action_step
     action_step: float = 0.05  # fraction of a group's channels removed per action unit
     round_to: int | None = None  # None: 1 for FLOPs, the profiled multiple for latency
     min_channels: int = 1
     min_keep: float = 0.05  # floor: fraction of each group's channels that always stays
-    importance: str = "l1"
-    reward_batches: int = 4
-    calib_batches: int = 8
-    adaptive_bn: bool = True
+    importance: str = "l1"  # filter ranking: l1, l2, fpgm, bn_scale or random
+    reward_batches: int = 4  # val batches scored per plan (the reward)
+    calib_batches: int = 8  # training batches that re-estimate BN statistics per plan
+    adaptive_bn: bool = True  # recalibrate BN statistics before scoring a plan
     reward: str = "acc"  # "acc" or "loss" (negative cross-entropy: smoother, cheaper signal)
     step_reward: bool = False  # reward every step's projected plan, not only the last
 

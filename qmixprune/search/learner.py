@@ -17,21 +17,21 @@ from .mixer import QMixer
 class QmixConfig:
     """pymarl's QMIX defaults, with the schedule shortened to pruning-search budgets."""
 
-    gamma: float = 0.99
-    lr: float = 5e-4
+    gamma: float = 0.99  # discount
+    lr: float = 5e-4  # learning rate of agents and mixer
     optimizer: str = "adam"  # or "rmsprop" (alpha 0.99, eps 1e-5)
-    grad_clip: float = 10.0
-    batch_size: int = 32
-    buffer_size: int = 5000
+    grad_clip: float = 10.0  # gradient norm clip
+    batch_size: int = 32  # episodes per learner update
+    buffer_size: int = 5000  # episodes kept in the replay buffer
     target_update: int = 100  # learner updates between hard copies to the targets
     td_lambda: float = 0.6  # 0 gives 1-step TD
-    double_q: bool = True
-    hidden: int = 64
-    embed_dim: int = 32
-    standardize_rewards: bool = True
-    updates_per_episode: int = 8
-    epsilon_start: float = 1.0
-    epsilon_end: float = 0.05
+    double_q: bool = True  # double Q-learning targets
+    hidden: int = 64  # GRU agent width
+    embed_dim: int = 32  # mixing network width
+    standardize_rewards: bool = True  # rewards scaled to zero mean, unit variance
+    updates_per_episode: int = 8  # learner updates after each episode
+    epsilon_start: float = 1.0  # exploration rate at the start
+    epsilon_end: float = 0.05  # exploration rate after epsilon_anneal episodes
     epsilon_anneal: int = 50  # episodes
     warmup: int = 10  # episodes of random actions before learning starts
     elite_explore: float = 0.8  # share of exploring moves that perturb the best plan's actions

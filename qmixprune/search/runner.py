@@ -27,10 +27,10 @@ CHECKPOINT = "search_checkpoint.pt"
 
 @dataclass(frozen=True)
 class SearchConfig:
-    episodes: int = 200
+    episodes: int = 200  # search episodes at most (patience and max_evaluations may stop sooner)
     max_evaluations: int | None = None  # stop once this many distinct plans were scored
-    seed: int = 0
-    checkpoint_every: int = 10
+    seed: int = 0  # seeds the agents, exploration and the val split
+    checkpoint_every: int = 10  # episodes between checkpoints (and progress lines in a log)
     envs: int = 1  # episodes run together per iteration, their plans scored as one batch
     env: EnvConfig = field(default_factory=EnvConfig)
     qmix: QmixConfig = field(default_factory=QmixConfig)
