@@ -235,6 +235,32 @@ def load_table(path: str | Path) -> dict:
     return table
 
 
+def check_table(table: dict, model: nn.Module, example_input: torch.Tensor) -> None:
+    """Refuse, before any work, a table profiled for another model or for this one at
+    another width (its layers' full channel counts must be the model's)."""
+    from .flops import layer_table
+
+    modules = dict(model.named_modules())
+    names = list(dict.fromkeys(r.name for r in layer_table(model, example_input)))
+    missing = [n for n in names if n not in table["layers"]]
+    if missing:
+        raise UserError(
+            f"the latency table was made for another model (no layers {missing[:3]}): "
+            "profile this model with `qmixprune profile`"
+        )
+    for name in names:
+        m, t = modules[name], table["layers"][name]
+        full = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else None
+        if isinstance(m, nn.Conv2d):
+            full = (m.in_channels, m.out_channels)
+        if full is not None and (t["in"][-1], t["out"][-1]) != full:
+            raise UserError(
+                f"the latency table was profiled at another width: layer {name} has "
+                f"{t['in'][-1]}->{t['out'][-1]} channels there, {full[0]}->{full[1]} here "
+                "(another --width?): profile this model with `qmixprune profile`"
+            )
+
+
 class LatencyModel:
     """Predicted latency (ms) of a plan, and its ratio to the unpruned model's."""
 
