@@ -1,0 +1,140 @@
+"""Every config key, listed from the config dataclasses themselves.
+
+``python -m qmixprune.configdoc --write README.md`` rewrites the table between the marker
+comments in the README; ``--check README.md`` exits 1 when the README is out of date (a test
+runs it). A key's meaning is the comment on its field's line in the dataclass source (or
+the line above it), so a new field documents itself where it is declared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import io
+import sys
+import tokenize
+import typing
+from pathlib import Path
+
+START = "<!-- config-keys:start (python -m qmixprune.configdoc --write README.md) -->"
+END = "<!-- config-keys:end -->"
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """field name -> the comment on its line (or on the comment lines just above it)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    for i, line in enumerate(lines, start=1):
+        head = line.strip().split(":", 1)[0]
+        if head not in names or head in out or line.strip().startswith("#"):
+            continue
+        text = comments.get(i, "")
+        j = i - 1
+        above: list[str] = []
+        while not text and j >= 1 and lines[j - 1].strip().startswith("#"):
+            above.insert(0, comments.get(j, ""))
+            j -= 1
+        out[head] = text or " ".join(above)
+    return out
+
+
+def _type_name(hint) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, meaning) for every leaf field, nested dataclasses flattened."""
+    hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = hints.get(f.name, f.type)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            out += rows(hint, key + ".")
+            continue
+        default = _default(f)
+        shown = "required" if default is dataclasses.MISSING else repr(default)
+        out.append((key, _type_name(hint), shown, comments.get(f.name, "")))
+    return out
+
+
+def table() -> str:
+    """The markdown block (without markers) for ``compress``'s config (``search`` takes the
+    ``search.`` part at the top level)."""
+    from .pipeline import CompressConfig
+
+    lines = [
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, typ, default, meaning in rows(CompressConfig):
+        typ, default, meaning = (s.replace("|", "\\|") for s in (typ, default, meaning))
+        lines.append(f"| `{key}` | `{typ}` | `{default}` | {meaning} |")
+    return "\n".join(lines)
+
+
+def render(text: str) -> str:
+    """``text`` with the block between the markers replaced by the current table."""
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        raise ValueError(f"markers not found: put {START!r} and {END!r} on their own lines")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table()}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m qmixprune.configdoc", description=__doc__)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--write", metavar="FILE", help="rewrite FILE's config-key table in place")
+    g.add_argument("--check", metavar="FILE", help="exit 1 when FILE's table is out of date")
+    args = p.parse_args(argv)
+    if args.write is None and args.check is None:
+        print(table())
+        return 0
+    path = Path(args.write or args.check)
+    text = path.read_text()
+    try:
+        new = render(text)
+    except ValueError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        if new != text:
+            print(
+                f"{path} lists outdated config keys: run python -m qmixprune.configdoc "
+                f"--write {path}",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    if new != text:
+        from .serialize import atomic_write_bytes
+
+        atomic_write_bytes(path, new.encode())
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
