@@ -7,6 +7,8 @@ Exit codes: 0 success, 1 unexpected failure, 2 bad input (usage or a UserError),
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import warnings
 from dataclasses import replace
@@ -31,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "model",
             help="model file (ours, a state dict with --arch, TorchScript) or a built-in name "
-            "(vgg16, alexnet, resnet56, torchvision:NAME)",
+            "(vgg16, alexnet, resnet56, torchvision:NAME, timm:NAME)",
         )
         sp.add_argument("--arch", help="architecture of a state-dict file")
         sp.add_argument("--num-classes", type=int, default=None)
@@ -41,6 +43,12 @@ def parser() -> argparse.ArgumentParser:
             "--trust-pickle",
             action="store_true",
             help="allow loading a pickled nn.Module (runs code from the file)",
+        )
+        sp.add_argument(
+            "--model-factory",
+            metavar="PKG.MODULE:FUNCTION",
+            help="your own model class: a function returning the unpruned model, whose "
+            "state dict or pruned qmixprune file MODEL holds (imports and runs that code)",
         )
 
     def data_args(sp: argparse.ArgumentParser) -> None:
@@ -105,23 +113,48 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("-o", "--output", required=True, help="output folder")
     ex = sub.add_parser("export", help="export a model to ONNX (checked against PyTorch)")
     model_args(ex)
-    ex.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    ex.add_argument("--opset", type=int, default=17)
-    ex.add_argument("--dynamic-batch", action="store_true", help="a free batch dimension")
+    ex.add_argument(
+        "-o", "--output", required=True, help="the .onnx file to write (the INT8 one with --int8)"
+    )
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ex.add_argument(
+        "--fixed-batch",
+        type=int,
+        metavar="N",
+        help="export for batch N only (default: a free batch axis, what bench and TensorRT need)",
+    )
+    ex.add_argument("--dynamic-batch", action="store_true", help=argparse.SUPPRESS)  # the default
     ex.add_argument("--fp16", action="store_true", help="float16 weights and I/O")
     ex.add_argument("--simplify", action="store_true", help="simplify the graph (onnxslim)")
     ex.add_argument(
-        "--tensorrt",
-        choices=["fp32", "fp16", "int8"],
-        help="also build a TensorRT engine (needs tensorrt and a GPU)",
+        "--int8",
+        action="store_true",
+        help="write an INT8 Q/DQ model (static quantization calibrated on --data's training "
+        "set, checked against the fp32 model and on its test set)",
     )
     ex.add_argument(
+        "--calib-batches", type=int, default=8, help="INT8 calibration batches of 32 (default 8)"
+    )
+    ex.add_argument(
+        "--quantizer",
+        default="auto",
+        choices=["auto", "onnxruntime", "modelopt"],
+        help="INT8 quantizer (default auto: NVIDIA ModelOpt when installed, else onnxruntime)",
+    )
+    ex.add_argument(
+        "--tensorrt",
+        choices=["fp32", "fp16", "int8"],
+        help="also build a TensorRT engine (needs tensorrt and a GPU; int8 implies --int8)",
+    )
+    ex.add_argument(
+        "--data",
         "--calib-data",
+        dest="data",
         default="digits",
         choices=DATASETS,
-        help="data set drawn for INT8 calibration",
+        help="data set for INT8 calibration and the accuracy check (default digits)",
     )
-    ex.add_argument("--data-dir")
+    ex.add_argument("--data-dir", help="where that data set lies")
     from .bench import add_arguments as bench_arguments
 
     bench_arguments(sub.add_parser("bench", help="ONNX Runtime latency of ONNX models"))
@@ -156,10 +189,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"qmixprune: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0's line, alone
+            print(f"qmixprune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        # a path the checks before the work could not foresee (changed while running)
+        print(f"qmixprune: error: cannot use {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("qmixprune: interrupted; nothing half-written was kept", file=sys.stderr)
+        if args.command in ("compress", "search"):
+            msg = (
+                f"interrupted; checkpoints kept in {args.output}: rerun the same command with "
+                "--resume to go on (nothing half-written was kept)"
+            )
+        else:
+            msg = "interrupted; nothing half-written was kept"
+        print(f"qmixprune: {msg}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -170,11 +215,12 @@ def _load(args):
     from .errors import UserError
 
     path = args.model
-    if path in models.list_models() or path.startswith("torchvision:"):
+    if path in models.list_models() or path.startswith(("torchvision:", "timm:")):
         model = models.create(path, num_classes=args.num_classes or 10, width=args.width)
     else:
+        factory = serialize.model_factory(args.model_factory) if args.model_factory else None
         model = serialize.load_model_file(
-            path, args.arch, args.num_classes, args.width, args.trust_pickle
+            path, args.arch, args.num_classes, args.width, args.trust_pickle, factory
         )
     shape = getattr(model, "qmixprune_input_shape", None) or [3, args.input_size, args.input_size]
     if isinstance(model, torch.jit.ScriptModule) and args.command not in ("count", "export"):
@@ -269,10 +315,12 @@ def _search(args) -> int:
         cfg = replace(cfg, env=replace(cfg.env, target_flops=None))  # latency alone
     cfg.env.validate()
     table = _latency_table(args)
-    out = _prepare_out(args)
+    _check_out(args, "search_config.json", cfg)
     model, _ = _load(args)
     data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
-    result, _ = run_search(model, data, cfg, out, args.resume, args.quiet, table)
+    _check_run(model, data, table)
+    with _owned_out(args) as out:
+        result, _ = run_search(model, data, cfg, out, args.resume, args.quiet, table)
     if not args.quiet:
         print(
             f"best val reward {result.reward:.4f} at {result.macs_ratio:.4f} of the MACs after "
@@ -312,29 +360,66 @@ def _compress(args) -> int:
     cfg = compress_config(args)
     if args.target_latency is not None and args.target_flops is None:
         cfg = replace(cfg, target_flops=None)  # latency alone, unless both were given
-    cfg = replace(cfg, target_latency=args.target_latency or cfg.target_latency)
+    if args.target_latency is not None:  # 0 too: validate() names it
+        cfg = replace(cfg, target_latency=args.target_latency)
     cfg.resolved().search.env.validate()
+    cfg.distill.validate()
     table = _latency_table(args)
-    out = _prepare_out(args)
+    _check_out(args, "config.json", cfg.resolved())
     model, _ = _load(args)
     data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
-    compress(
-        model, data, config=cfg, out=out, resume=args.resume, quiet=args.quiet, latency_table=table
-    )
+    _check_run(model, data, table, cfg.distill.batch_size)
+    with _owned_out(args) as out:
+        compress(
+            model,
+            data,
+            config=cfg,
+            out=out,
+            resume=args.resume,
+            quiet=args.quiet,
+            latency_table=table,
+        )
     return EXIT_OK
 
 
-def _prepare_out(args):
-    """The output folder, checked and made by rank 0 only when run under torchrun."""
+def _inputs(args) -> list:
+    """The paths a run reads: OUT may not be one of them, nor hold one it would clear."""
+    names = ("model", "data_dir", "config", "latency_table")
+    paths = [getattr(args, n, None) for n in names]
+    return [p for p in paths if p is not None and os.path.exists(p)]
+
+
+def _check_out(args, record: str, cfg) -> None:
+    """OUT checked before anything is loaded or written, by every rank under torchrun (so
+    that all of them stop on a bad OUT and only rank 0 says why); on --resume, the
+    configuration too, before OUT's record of it is rewritten."""
+    from .config import as_dict
+    from .outdir import check, check_same_config
+
+    check(args.output, args.overwrite, args.resume, _inputs(args))
+    if args.resume:
+        check_same_config(args.output, record, as_dict(cfg))
+
+
+def _check_run(model, data, table, batch_size=None) -> None:
+    from .precheck import check_run as check
+
+    check(model, data, table, batch_size)
+
+
+@contextlib.contextmanager
+def _owned_out(args):
+    """OUT created (or cleared), marked and locked by rank 0 for the run (see outdir)."""
     from pathlib import Path
 
     from .distributed import barrier, init, is_main
-    from .report import prepare_out
+    from .outdir import claim
 
     init()
-    out = prepare_out(args.output, args.overwrite, args.resume) if is_main() else None
-    barrier()
-    return out or Path(args.output)
+    owner = claim(args.output, args.overwrite, args.resume) if is_main() else None
+    with owner or contextlib.nullcontext(Path(args.output)) as out:
+        barrier()
+        yield out
 
 
 def _latency_table(args) -> dict | None:
@@ -375,28 +460,57 @@ def _profile(args) -> int:
 
 
 def _export(args) -> int:
+    from pathlib import Path
+
     from . import trt_engine
     from .export import export_onnx
 
     if args.tensorrt and not trt_engine.available():
         raise UserError(trt_engine.INSTALL_HINT)
+    int8 = args.int8 or args.tensorrt == "int8"  # TensorRT INT8 reads the Q/DQ model
+    if int8 and args.fp16:
+        raise UserError("--int8 and --fp16 exclude each other: pick one precision")
+    if args.calib_batches < 1 or (args.fixed_batch is not None and args.fixed_batch < 1):
+        raise UserError("--calib-batches and --fixed-batch must be >= 1")
+    if args.tensorrt and args.fixed_batch:
+        raise UserError("TensorRT engines need a free batch axis: drop --fixed-batch")
     model, x = _load(args)
-    res = export_onnx(
-        model, args.output, x, args.opset, args.dynamic_batch, args.fp16, simplify=args.simplify
-    )
-    print(
-        f"wrote {res.path} (opset {res.opset}; ONNX Runtime vs PyTorch max |diff| "
-        f"{res.max_abs_diff:.2e})"
-    )
-    if args.tensorrt:
-        calib = None
-        if args.tensorrt == "int8":
-            from .data import load_data
+    if args.fixed_batch:
+        x = x.repeat(args.fixed_batch, *[1] * (x.dim() - 1))
+    if not int8:
+        dynamic = not args.fixed_batch
+        res = export_onnx(
+            model, args.output, x, args.opset, dynamic, args.fp16, simplify=args.simplify
+        )
+        print(
+            f"wrote {res.path} (opset {res.opset}; ONNX Runtime vs PyTorch max |diff| "
+            f"{res.max_abs_diff:.2e})"
+        )
+    else:
+        import tempfile
 
-            train = load_data(args.calib_data, args.data_dir).train
-            calib = trt_engine.calibration_batches(train, batch=8)
-        engine = res.path.with_suffix(".engine")
-        trt_engine.build_engine(res.path, engine, args.tensorrt, calib)
+        from .data import load_data
+        from .quantize import quantize_checked
+
+        data = load_data(args.data, args.data_dir, image_size=args.input_size)
+        with tempfile.TemporaryDirectory() as d:
+            dynamic = not args.fixed_batch
+            fp32 = export_onnx(
+                model, Path(d) / "fp32.onnx", x, args.opset, dynamic, simplify=args.simplify
+            )
+            res = quantize_checked(
+                fp32.path,
+                args.output,
+                (data.train[i] for i in range(len(data.train))),
+                (data.test[i] for i in range(len(data.test))),
+                args.calib_batches,
+                quantizer=args.quantizer,
+            )
+        print(res.summary())
+    if args.tensorrt:
+        engine = trt_engine.build_engine(
+            res.path, Path(res.path).with_suffix(".engine"), args.tensorrt
+        )
         print(f"wrote {engine} (TensorRT {args.tensorrt})")
     return EXIT_OK
 

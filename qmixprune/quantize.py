@@ -1,0 +1,268 @@
+"""INT8 ONNX by static post-training quantization, checked against the fp32 model.
+
+The INT8 model carries QuantizeLinear/DequantizeLinear (Q/DQ) pairs: weights quantized per
+output channel, activation ranges calibrated on training batches. ONNX Runtime fuses the pairs
+into integer kernels on the CPU, and TensorRT reads them as explicit quantization. The
+quantizer is NVIDIA ModelOpt's ONNX quantization when it is installed (its Q/DQ placement
+follows TensorRT's rules), else ``onnxruntime.quantization``. Needs numpy and onnxruntime
+only (no torch).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+QUANTIZERS = ("auto", "onnxruntime", "modelopt")
+# The INT8 model must pick the fp32 model's class on at least this fraction of the check
+# inputs, and its logits may differ from the fp32 model's by at most this fraction of their
+# RMS (8-bit activations carry ~1 % rounding noise per layer; it accumulates with depth).
+MIN_AGREEMENT = 0.95
+MAX_RELATIVE_RMS = 0.25
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    quantizer: str
+    calib_samples: int
+    agreement: float  # fraction of check inputs where INT8 and fp32 pick the same class
+    relative_rms: float  # RMS(int8 - fp32 logits) / RMS(fp32 logits)
+    fp32_acc: float | None = None  # test accuracy, both run by ONNX Runtime
+    int8_acc: float | None = None
+
+    def summary(self) -> str:
+        acc = ""
+        if self.fp32_acc is not None:
+            acc = f"; test acc fp32 {self.fp32_acc:.4f}, int8 {self.int8_acc:.4f}"
+        return (
+            f"wrote {self.path} (INT8 Q/DQ by {self.quantizer}, {self.calib_samples} calibration "
+            f"samples; vs fp32: same class on {self.agreement:.1%} (>= {MIN_AGREEMENT:.0%}), "
+            f"logit error {self.relative_rms:.3f} of RMS (<= {MAX_RELATIVE_RMS}){acc})"
+        )
+
+
+def input_shape(onnx_path: str | Path) -> tuple[str, list]:
+    """Name and shape of the model's (single) input; the batch axis may be a name."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise UserError(f"{onnx_path} is not an ONNX model: {str(exc).splitlines()[0]}") from exc
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise UserError(
+            f"INT8 calibration needs a model with one input; {onnx_path} has {len(inputs)}"
+        )
+    dims = inputs[0].type.tensor_type.shape.dim
+    return inputs[0].name, [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+
+
+def calibration_arrays(
+    data: Iterable, shape: list, batch: int = 32, batches: int = 8
+) -> list[np.ndarray]:
+    """Up to ``batches`` float32 batches of ``batch`` inputs from ``data`` (samples ``x`` or
+    ``(x, label)`` pairs), each sample checked against the model's input ``shape`` (batch axis
+    first, then fixed dimensions); a mismatch is an error naming both shapes."""
+    if batch < 1 or batches < 1:
+        raise UserError(f"calibration needs a batch and a batch count >= 1, got {batch}, {batches}")
+    want = list(shape[1:])
+    fixed = isinstance(shape[0], int) and shape[0] > 0
+    if fixed:
+        batch = shape[0]  # a model exported with a fixed batch takes only that batch
+    out, current = [], []
+    for item in data:
+        x = np.asarray(item[0] if isinstance(item, (tuple, list)) else item, dtype=np.float32)
+        if x.ndim != len(want) or any(
+            isinstance(d, int) and d > 0 and d != n for d, n in zip(want, x.shape)
+        ):
+            raise UserError(
+                f"calibration samples have shape {list(x.shape)} but the model takes {want}: "
+                "calibrate on the data the model was trained on (--data, --data-dir, --input-size)"
+            )
+        current.append(x)
+        if len(current) == batch:
+            out.append(np.stack(current))
+            current = []
+            if len(out) == batches:
+                break
+    if current and not fixed:
+        out.append(np.stack(current))
+    if not out:
+        raise UserError(f"INT8 calibration needs at least {batch} samples")
+    return out
+
+
+def quantize(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: list[np.ndarray],
+    quantizer: str = "auto",
+) -> str:
+    """Write a Q/DQ INT8 copy of ``fp32_path`` to ``out_path`` (atomically); returns the
+    quantizer used."""
+    if quantizer not in QUANTIZERS:
+        raise UserError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    if quantizer == "auto":
+        quantizer = "modelopt" if _modelopt() is not None else "onnxruntime"
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".onnx")
+    os.close(fd)
+    try:
+        if quantizer == "modelopt":
+            _quantize_modelopt(Path(fp32_path), Path(tmp), calibration)
+        else:
+            _quantize_ort(Path(fp32_path), Path(tmp), calibration)
+        os.replace(tmp, out_path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return quantizer
+
+
+def _modelopt():
+    try:
+        from modelopt.onnx import quantization
+    except Exception:  # not installed, or installed without its ONNX extra
+        return None
+    return quantization
+
+
+def _quantize_modelopt(src: Path, dst: Path, calibration: list[np.ndarray]) -> None:
+    mq = _modelopt()
+    if mq is None:
+        raise UserError("--quantizer modelopt needs nvidia-modelopt[onnx]: pip install it")
+    mq.quantize(
+        onnx_path=str(src),
+        quantize_mode="int8",
+        calibration_data=np.concatenate(calibration),
+        calibration_method="max",
+        calibration_eps=["cpu"],
+        output_path=str(dst),
+    )
+
+
+def _quantize_ort(src: Path, dst: Path, calibration: list[np.ndarray]) -> None:
+    try:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise UserError(f"INT8 needs onnxruntime's quantization tools: {exc}") from exc
+    name, _ = input_shape(src)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {name: x}
+
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # shape inference and graph cleanup first, as onnxruntime's docs advise: the
+        # quantizer places Q/DQ pairs only where it knows tensor shapes
+        prepared = Path(d) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+
+
+def logits(onnx_path: str | Path, inputs: Iterable[np.ndarray], batch: int = 64) -> np.ndarray:
+    """The model's outputs on ``inputs`` (ONNX Runtime, CPU), stacked."""
+    from .bench import session
+
+    sess = session(onnx_path)
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else batch
+    xs = np.concatenate([np.asarray(x, dtype=np.float32) for x in inputs])
+    return np.concatenate(
+        [sess.run(None, {name: xs[i : i + step]})[0] for i in range(0, len(xs), step)]
+    )
+
+
+def compare(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    inputs: list[np.ndarray],
+    labels: np.ndarray | None = None,
+) -> dict:
+    """Agreement and logit error of the INT8 model against the fp32 one on ``inputs``, and
+    both accuracies when ``labels`` are given; raises when outside the stated tolerance."""
+    a = logits(fp32_path, inputs).astype(np.float64)
+    b = logits(int8_path, inputs).astype(np.float64)
+    agreement = float(np.mean(a.argmax(1) == b.argmax(1)))
+    rel = float(np.sqrt(np.mean((a - b) ** 2)) / max(np.sqrt(np.mean(a**2)), 1e-12))
+    out = {"agreement": agreement, "relative_rms": rel}
+    if labels is not None:
+        out["fp32_acc"] = float(np.mean(a.argmax(1) == labels))
+        out["int8_acc"] = float(np.mean(b.argmax(1) == labels))
+    if agreement < MIN_AGREEMENT or rel > MAX_RELATIVE_RMS:
+        raise UserError(
+            f"the INT8 model disagrees with the fp32 one (same class on {agreement:.1%}, "
+            f"needs {MIN_AGREEMENT:.0%}; logit error {rel:.3f} of RMS, allowed "
+            f"{MAX_RELATIVE_RMS}): calibrate on more or more representative batches "
+            "(--calib-batches, --data)"
+        )
+    return out
+
+
+def quantize_checked(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    train: Iterable,
+    test: Iterable | None = None,
+    calib_batches: int = 8,
+    batch: int = 32,
+    quantizer: str = "auto",
+) -> QuantizeResult:
+    """Calibrate on ``train`` (samples or (x, label) pairs), quantize, then compare with the
+    fp32 model on ``test`` (pairs: accuracies too) or, without it, on the calibration inputs.
+    The INT8 file is removed again when the check fails."""
+    _, shape = input_shape(fp32_path)
+    calib = calibration_arrays(train, shape, batch, calib_batches)
+    used = quantize(fp32_path, out_path, calib, quantizer)
+    xs, labels = calib, None
+    if test is not None:
+        pairs = [(np.asarray(x, dtype=np.float32), int(y)) for x, y in test]
+        xs, labels = [np.stack([x for x, _ in pairs])], np.array([y for _, y in pairs])
+    try:
+        check = compare(fp32_path, out_path, xs, labels)
+    except UserError:
+        Path(out_path).unlink(missing_ok=True)  # ours, just written: not a usable model
+        raise
+    return QuantizeResult(
+        Path(out_path),
+        used,
+        sum(len(c) for c in calib),
+        check["agreement"],
+        check["relative_rms"],
+        check.get("fp32_acc"),
+        check.get("int8_acc"),
+    )

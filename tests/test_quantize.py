@@ -1,0 +1,101 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from qmixprune.cli import main
+from qmixprune.errors import UserError
+from qmixprune.export import export_onnx
+from qmixprune.models import create
+from qmixprune.quantize import (
+    MIN_AGREEMENT,
+    calibration_arrays,
+    compare,
+    input_shape,
+    quantize,
+    quantize_checked,
+)
+
+X = torch.zeros(1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    d = tmp_path_factory.mktemp("q")
+    torch.manual_seed(0)
+    return export_onnx(create("alexnet", width=0.25).eval(), d / "a.onnx", X).path
+
+
+def samples(n, shape=(3, 32, 32), seed=0):
+    g = np.random.default_rng(seed)
+    return [(g.standard_normal(shape).astype(np.float32), int(g.integers(10))) for _ in range(n)]
+
+
+def test_int8_model_has_per_channel_qdq_and_matches_fp32(fp32, tmp_path):
+    import onnx
+
+    res = quantize_checked(fp32, tmp_path / "a.int8.onnx", samples(40), samples(30, seed=1), 2, 16)
+    assert res.quantizer in ("onnxruntime", "modelopt") and res.calib_samples == 32
+    assert res.agreement >= MIN_AGREEMENT and 0 <= res.relative_rms < 0.1
+    assert res.fp32_acc is not None and res.int8_acc is not None
+    proto = onnx.load(str(res.path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") >= 5 and ops.count("DequantizeLinear") >= 10
+    # per-channel weights: the first conv's weight scale has one entry per output channel
+    inits = {i.name: i for i in proto.graph.initializer}
+    scales = [
+        inits[n.input[1]]
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0].startswith("features.0.weight")
+    ]
+    assert scales and list(scales[0].dims) == [16]  # alexnet width 0.25: 16 filters
+    assert input_shape(res.path)[1][0] == "batch"  # still a free batch axis
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.int8.onnx"]  # no temp files
+
+
+def test_calibration_must_match_the_model_input():
+    with pytest.raises(UserError, match=r"shape \[1, 8, 8\] but the model takes \[3, 32, 32\]"):
+        calibration_arrays(samples(4, (1, 8, 8)), ["batch", 3, 32, 32])
+    with pytest.raises(UserError, match="at least 32"):
+        calibration_arrays(samples(4), [32, 3, 32, 32])  # a fixed batch of 32
+    got = calibration_arrays(samples(10), ["batch", 3, 32, 32], batch=4, batches=5)
+    assert [b.shape[0] for b in got] == [4, 4, 2] and got[0].dtype == np.float32
+    assert [b.shape[0] for b in calibration_arrays(samples(9), [4, 3, 32, 32], 8)] == [4, 4]
+
+
+def test_a_model_that_disagrees_is_refused_and_removed(fp32, tmp_path):
+    torch.manual_seed(1)
+    other = export_onnx(create("alexnet", width=0.25).eval(), tmp_path / "b.onnx", X).path
+    xs = [np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)]
+    assert compare(fp32, fp32, xs)["agreement"] == 1.0
+    with pytest.raises(UserError, match="disagrees with the fp32"):
+        compare(fp32, other, xs)
+
+
+def test_modelopt_missing_names_the_package(fp32, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "modelopt", None)
+    calib = calibration_arrays(samples(8), ["batch", 3, 32, 32], 8)
+    with pytest.raises(UserError, match="nvidia-modelopt"):
+        quantize(fp32, tmp_path / "m.onnx", calib, "modelopt")
+    assert quantize(fp32, tmp_path / "m.onnx", calib, "auto") == "onnxruntime"
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]
+
+
+def test_export_int8_cli_and_torch_free_bench(tmp_path, capsys):
+    out = tmp_path / "m.int8.onnx"
+    argv = ["export", "alexnet", "--width", "0.25", "-o", str(out), "--int8"]
+    assert main([*argv, "--calib-batches", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.count("\n") == 0 and "INT8" in line and "test acc fp32" in line and "int8" in line
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from qmixprune.bench import main\n"
+        f"sys.exit(main([{str(out)!r}, '--runs', '2', '--batch', '1,3']))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and "m.int8.onnx" in res.stdout, res.stderr
+    assert main([*argv, "--fp16"]) == 2
+    assert main([*argv, "--calib-batches", "0"]) == 2
+    assert "--calib-batches" in capsys.readouterr().err
