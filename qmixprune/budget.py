@@ -16,6 +16,7 @@ from .errors import UserError
 from .flops import layer_table
 from .graph import Graph
 from .pruning import kept_count
+from .rounding import round_to_multiple
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,7 @@ def fit_to_budget(
         out = {}
         for g in names:
             x = low[g] + (full[g] - low[g]) * min(1.0, share[g] * alpha)
-            k = int(x / round_to + 0.5) * round_to if round_to > 1 else int(x + 0.5)
-            out[g] = min(full[g], max(low[g], k))
+            out[g] = min(full[g], max(low[g], round_to_multiple(x, round_to)))
         return out
 
     top = 1.0 / min(share.values())

@@ -21,6 +21,7 @@ import torch.nn as nn
 from .bench import caller, device_info, session, take_turns
 from .budget import CostModel, _fraction
 from .errors import UserError
+from .rounding import round_to_multiple
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 ALIGNMENTS = (1, 2, 4, 8, 16, 32)
@@ -29,7 +30,7 @@ ALIGNMENTS = (1, 2, 4, 8, 16, 32)
 def _widths(full: int, grid, round_to: int, prunable: bool) -> list[int]:
     if not prunable:
         return [full]
-    ws = {min(full, max(round_to, int(full * f / round_to + 0.5) * round_to)) for f in grid}
+    ws = {min(full, round_to_multiple(full * f, round_to)) for f in grid}
     return sorted(ws | {full})
 
 

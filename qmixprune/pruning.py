@@ -16,6 +16,7 @@ from . import ops
 from .errors import UserError
 from .graph import Graph, analyze
 from .importance import Criterion, ranks
+from .rounding import round_to_multiple
 
 PLAN_ATTR = "qmixprune_channels"
 SHAPE_ATTR = "qmixprune_input_shape"
@@ -36,7 +37,7 @@ def kept_count(channels: int, ratio: float, round_to: int = 1, min_channels: int
     ``round_to`` (nearest, never below one multiple) and never below ``min_channels``."""
     keep = channels - int(ratio * channels + 1e-9)
     if keep < channels and round_to > 1:  # an untouched group keeps its odd width
-        keep = max(round_to, int(keep / round_to + 0.5) * round_to)
+        keep = round_to_multiple(keep, round_to)
     return max(1, min(channels, max(keep, min_channels)))
 
 

@@ -13,6 +13,7 @@ import torch
 
 from ..budget import uniform_counts
 from ..importance import get_criterion
+from ..rounding import round_to_multiple
 from .agent import agent_inputs
 from .buffer import EpisodeBuffer
 from .env import PruningEnv
@@ -46,8 +47,7 @@ def global_l1(env: PruningEnv, budget: int = 1, seed: int = 0) -> BaselineResult
     def counts(tau: float) -> dict[str, int]:
         out = {}
         for g, s in scores.items():
-            k = int((s >= tau).sum())
-            k = int(k / rt + 0.5) * rt if rt > 1 else k
+            k = round_to_multiple(int((s >= tau).sum()), rt)
             out[g] = min(len(s), max(env.low[g], k))
         return out
 
