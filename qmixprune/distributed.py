@@ -25,6 +25,16 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def collective_device() -> torch.device:
+    """Where tensors passed to collectives must live: this process's GPU under NCCL (which
+    reduces only CUDA tensors), else the CPU (gloo, or no group at all)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        from .device import resolve
+
+        return resolve("cuda")  # cuda:$LOCAL_RANK under torchrun
+    return torch.device("cpu")
+
+
 def is_main() -> bool:
     """Whether this process writes outputs (rank 0, or the only process)."""
     return rank_world()[0] == 0
