@@ -18,7 +18,10 @@ from .graph import Graph, analyze
 from .importance import Criterion, ranks
 from .rounding import round_to_multiple
 
-PLAN_ATTR = "qmixprune_channels"
+# A pruned model carries its plan relative to the unpruned model, so that it can be saved
+# as data and restored onto a fresh instance of the user's class: {group: {"channels":
+# width before any pruning, "keep": kept indices of those}}.
+PLAN_ATTR = "qmixprune_plan"
 SHAPE_ATTR = "qmixprune_input_shape"
 
 
@@ -145,7 +148,9 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     new = copy.deepcopy(model)
     modules = dict(new.named_modules())
     keys, tensors, rows, cols, sizes = plan_cuts(new, graph, plan)
-    for (m, n), data in zip(keys, ops.gather_channels(tensors, rows, cols)):
+    # the native op cannot dispatch on an empty list (a plan that keeps everything)
+    cut = ops.gather_channels(tensors, rows, cols) if keys else []
+    for (m, n), data in zip(keys, cut):
         old = getattr(modules[m], n)
         if isinstance(old, nn.Parameter):
             setattr(modules[m], n, nn.Parameter(data, requires_grad=old.requires_grad))
@@ -154,11 +159,31 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     for m, attrs in sizes.items():
         for attr, n in attrs.items():
             setattr(modules[m], attr, (n,) if attr == "normalized_shape" else n)
-    counts = dict(getattr(model, PLAN_ATTR, {}))
-    counts.update({name: len(k) for name, k in plan.keep.items()})
-    setattr(new, PLAN_ATTR, counts)
+    setattr(new, PLAN_ATTR, compose_plans(carried_plan(model), graph, plan))
     setattr(new, SHAPE_ATTR, list(graph.input_shape))
     return new
+
+
+def carried_plan(model: nn.Module) -> dict[str, dict]:
+    """The plan a pruned model carries, relative to the unpruned model ({} if unpruned):
+    ``{group: {"channels": original width, "keep": [kept original indices]}}``."""
+    return {k: dict(v) for k, v in getattr(model, PLAN_ATTR, {}).items()}
+
+
+def compose_plans(before: dict[str, dict], graph: Graph, plan: Plan) -> dict[str, dict]:
+    """The carried plan after pruning ``plan`` on a model that carried ``before``: indices
+    of a second pruning are positions among the channels the first one kept."""
+    out = {k: dict(v) for k, v in before.items()}
+    for name, kept in plan.keep.items():
+        width = graph.group(name).channels
+        old = out.get(name, {"channels": width, "keep": list(range(width))})
+        if len(old["keep"]) != width:
+            raise UserError(
+                f"group {name} has {width} channels but the model's carried plan kept "
+                f"{len(old['keep'])}: the model was changed after pruning"
+            )
+        out[name] = {"channels": old["channels"], "keep": [old["keep"][i] for i in kept]}
+    return out
 
 
 def prune(

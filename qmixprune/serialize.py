@@ -1,20 +1,24 @@
 """Models as data: save and load a pruned model without pickle, and read users' files.
 
-Our format is one safetensors file. Its metadata holds the architecture spec (the
-arguments of ``models.create``), the channel plan (kept channels per group), the input
-shape and a SHA-256 digest of the tensors; ``load`` rebuilds the architecture, applies
-the plan and loads the weights.
+Our format is one safetensors file. Its metadata holds the channel plan (the kept channel
+indices of each group, under the group names of ``analyze``), the input shape, a SHA-256
+digest of the tensors and, for our built-in architectures, the spec (the arguments of
+``models.create``). ``load`` rebuilds the architecture (or takes the user's unpruned
+instance), applies the plan and loads the weights.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,36 +26,44 @@ import torch.nn as nn
 
 from . import models
 from .errors import UserError
-from .graph import analyze
-from .pruning import PLAN_ATTR, SHAPE_ATTR, apply_plan, plan_for_counts
+from .graph import Graph, analyze
+from .pruning import SHAPE_ATTR, Plan, apply_plan, carried_plan, plan_for_counts
 
 FORMAT = "qmixprune/1"
 
 
 def save(model: nn.Module, path: str | os.PathLike, input_shape=(3, 32, 32)) -> Path:
-    """Write ``model`` (built by ``models.create``, pruned or not) to ``path`` atomically."""
+    """Write ``model`` (pruned or not, ours or the user's class) to ``path`` atomically.
+
+    A model of the user's own class is restored with ``load(path, model=Class(...))``.
+    """
     from safetensors.torch import save as st_save
 
-    spec = models.arch_spec(model)
-    if spec is None:
-        raise UserError(
-            "this model has no architecture spec, so it could not be rebuilt on load: build it "
-            "with qmixprune.models.create (or load it with qmixprune.load_model_file --arch)"
-        )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UserError("a TorchScript module cannot be saved as a qmixprune model file")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    plan = carried_plan(model)
     shape = getattr(model, SHAPE_ATTR, None) or list(input_shape)
+    cls = type(model)
     meta = {
         "format": FORMAT,
-        "arch": json.dumps(spec),
-        "channels": json.dumps(getattr(model, PLAN_ATTR, {})),
+        "arch": json.dumps(models.arch_spec(model)),
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "plan": json.dumps(plan),
+        "channels": json.dumps({k: len(v["keep"]) for k, v in plan.items()}),
         "input_shape": json.dumps(list(shape)),
         "digest": _digest(tensors),
     }
     return atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
-def load(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model written by :func:`save`, in eval mode."""
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model written by :func:`save`, in eval mode.
+
+    ``model``: an unpruned instance of the saved model's class (needed for the user's own
+    classes; optional for our built-in architectures). It is left untouched: the plan is
+    applied to a copy, which then receives the saved weights.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
@@ -68,25 +80,113 @@ def load(path: str | os.PathLike) -> nn.Module:
         raise UserError(f"{path} is corrupt: its tensors do not match the stored digest")
     try:
         spec = json.loads(meta["arch"])
-        counts = json.loads(meta["channels"])
         shape = tuple(json.loads(meta["input_shape"]))
+        # files written before plans carried indices hold kept counts only
+        plan = json.loads(meta["plan"]) if "plan" in meta else None
+        counts = json.loads(meta["channels"]) if plan is None else None
     except (KeyError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} has damaged metadata: {exc}") from exc
-    model = models.create(**spec)
-    if counts:
-        with warnings.catch_warnings():  # the analysis warned when the model was pruned
-            warnings.simplefilter("ignore")
-            graph = analyze(model, torch.zeros(1, *shape))
-        model = apply_plan(model, graph, plan_for_counts(graph, counts))
+    if model is None:
+        if spec is None:
+            raise UserError(
+                f"{path} holds a model of your own class ({meta.get('class', 'unknown')}): "
+                "pass model= an unpruned instance of it (CLI: --model-factory pkg.module:function)"
+            )
+        model = models.create(**spec)
+    elif carried_plan(model):
+        raise UserError("model= must be an unpruned instance (this one was pruned already)")
+    if plan or counts:
+        graph = _graph(model, shape)
+        if plan is not None:
+            _check_fits(plan, graph, path)
+            model = apply_plan(model, graph, Plan({k: tuple(v["keep"]) for k, v in plan.items()}))
+        else:
+            model = apply_plan(model, graph, plan_for_counts(graph, counts))
     # safetensors keeps no per-module state-dict versions; some modules (MNASNet) need them
     state = OrderedDict(tensors)
     state._metadata = getattr(model.state_dict(), "_metadata", None)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit the architecture {spec}: {exc}") from exc
+        what = f"the architecture {spec}" if spec is not None else f"{type(model).__name__}"
+        raise UserError(f"{path}: weights do not fit {what}: {_first_problem(exc)}") from exc
     setattr(model, SHAPE_ATTR, list(shape))
     return model.eval()
+
+
+def model_factory(text: str) -> Callable[[], nn.Module]:
+    """``pkg.module:function`` -> that function (it builds the user's unpruned model).
+
+    Importing runs the user's code: naming it on the command line is their explicit choice.
+    The current folder is searched first, as ``python -m`` would.
+    """
+    mod_name, sep, attr = text.partition(":")
+    if not sep or not mod_name or not attr:
+        raise UserError(
+            f"--model-factory {text!r}: write it as pkg.module:function (a function that "
+            "returns the unpruned model)"
+        )
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as exc:
+        raise UserError(f"--model-factory: cannot import {mod_name}: {exc}") from exc
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+    if not callable(fn):
+        raise UserError(f"--model-factory: {mod_name} has no function {attr}")
+
+    def build() -> nn.Module:
+        made = fn()
+        if not isinstance(made, nn.Module):
+            raise UserError(f"--model-factory: {text} returned {type(made).__name__}, not a module")
+        return made
+
+    return build
+
+
+def _graph(model: nn.Module, shape) -> Graph:
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, *shape, device=param.device if param is not None else None)
+    with warnings.catch_warnings():  # the analysis warned when the model was pruned
+        warnings.simplefilter("ignore")
+        return analyze(model, x)
+
+
+def _check_fits(plan: dict[str, dict], graph: Graph, path: Path) -> None:
+    """One clear error for the first group of ``plan`` that ``graph`` does not have as saved."""
+    names = {g.name for g in graph.groups}
+    for name, entry in plan.items():
+        if name not in names:
+            raise UserError(
+                f"{path}: the saved plan does not fit this model: it has no channel group "
+                f"{name!r} (another architecture?); its groups: {sorted(names)[:8]}"
+            )
+        group = graph.group(name)
+        if group.channels != entry["channels"]:
+            raise UserError(
+                f"{path}: the saved plan does not fit this model: group {name!r} has "
+                f"{group.channels} channels here but {entry['channels']} in the saved model's "
+                "original (pass an unpruned instance with the same widths)"
+            )
+        if not group.prunable:
+            raise UserError(
+                f"{path}: the saved plan does not fit this model: group {name!r} cannot be "
+                f"pruned here ({group.reason})"
+            )
+        if any(not 0 <= i < group.channels for i in entry["keep"]):
+            raise UserError(f"{path} has damaged metadata: group {name!r} keeps no such channel")
+
+
+def _first_problem(exc: RuntimeError) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else "mismatch")
 
 
 def load_model_file(
@@ -95,20 +195,25 @@ def load_model_file(
     num_classes: int | None = None,
     width: float = 1.0,
     trust_pickle: bool = False,
+    factory: Callable[[], nn.Module] | None = None,
 ) -> nn.Module:
     """Load a user's model file, choosing the safe reader for what it is.
 
-    Accepted: our own format; a state dict (weights only) with ``arch``; a TorchScript
-    archive (usable for evaluation and export, not for pruning); a pickled ``nn.Module``
-    only with ``trust_pickle=True``, since unpickling runs arbitrary code.
+    Accepted: our own format; a state dict (weights only) with ``arch`` or ``factory`` (a
+    function returning the user's unpruned model, which also restores our format's plan
+    onto the user's class); a TorchScript archive (usable for evaluation and export, not
+    for pruning); a pickled ``nn.Module`` only with ``trust_pickle=True``, since unpickling
+    runs arbitrary code.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file {path} does not exist")
+    if arch is not None and factory is not None:
+        raise UserError("give --arch or --model-factory, not both")
     with open(path, "rb") as f:  # the header says which reader applies; no full read here
         head = f.read(9)
     if _is_safetensors(head, path.stat().st_size):
-        return load(path)
+        return load(path, model=factory() if factory is not None else None)
     if _is_torchscript(path):
         return torch.jit.load(str(path), map_location="cpu").eval()
     try:
@@ -127,17 +232,23 @@ def load_model_file(
     if isinstance(obj, nn.Module):
         return obj.eval()
     state = _state_dict(obj, path)
-    if arch is None:
-        raise UserError(f"{path} is a state dict: name its architecture with --arch (arch=...)")
-    classes = num_classes or _guess_classes(state)
-    model = models.create(arch, num_classes=classes, width=width)
+    if factory is not None:
+        model, what = factory(), "the model of --model-factory"
+    elif arch is None:
+        raise UserError(
+            f"{path} is a state dict: name its architecture with --arch (arch=...), or for "
+            "your own class --model-factory pkg.module:function (factory=...)"
+        )
+    else:
+        classes = num_classes or _guess_classes(state)
+        model = models.create(arch, num_classes=classes, width=width)
+        what = f"architecture {arch!r} (width {width})"
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise UserError(
-            f"{path} does not match architecture {arch!r} (width {width}): "
-            f"{' '.join(first[1:3]) if len(first) > 1 else first[0]}"
+            f"{path} does not match {what}: {' '.join(first[1:3]) if len(first) > 1 else first[0]}"
         ) from exc
     return model.eval()
 

@@ -45,9 +45,13 @@ def test_truncated_and_tampered(tmp_path, pruned):
         q.load(tmp_path / "missing.safetensors")
 
 
-def test_save_refuses_foreign_model(tmp_path):
-    with pytest.raises(UserError, match="architecture spec"):
-        q.save(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")
+def test_foreign_model_needs_model_on_load(tmp_path):
+    lin = torch.nn.Linear(2, 2)
+    path = q.save(lin, tmp_path / "x.safetensors")
+    with pytest.raises(UserError, match=r"torch.nn.modules.linear.Linear.*pass model="):
+        q.load(path)
+    restored = q.load(path, model=torch.nn.Linear(2, 2))
+    assert torch.equal(restored.weight, lin.weight)
 
 
 def test_save_is_atomic(tmp_path, pruned, monkeypatch):
