@@ -4,7 +4,8 @@ loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, 
 (+ feature_weight * MSE on matched layers, the teacher's features restricted to the
 channels the student kept). Cosine LR, SGD with momentum or AdamW, AMP on CUDA, a
 checkpoint every epoch, the best-on-val weights kept. Under ``torchrun`` it runs with
-DistributedDataParallel (NCCL on GPUs, gloo on CPUs) and a DistributedSampler.
+DistributedDataParallel (NCCL on GPUs, gloo on CPUs) and a DistributedSampler; the batch size
+is the global batch, split among the processes, so the learning rate needs no rescaling.
 """
 
 from __future__ import annotations
@@ -23,26 +24,28 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from .data import DataSplits
+from .device import module_device, to_device
 from .distributed import rank_world
 from .errors import UserError
 from .serialize import atomic_write_bytes
-from .train import augment, evaluate
+from .train import augment
+from .train import evaluate as accuracy
 
 CHECKPOINT = "distill_checkpoint.pt"
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.01
+    epochs: int = 10  # fine-tuning epochs (the best-on-val epoch is kept)
+    batch_size: int = 64  # training batch size (per rank under torchrun)
+    lr: float = 0.01  # peak learning rate, cosine-annealed to 0
     optimizer: str = "sgd"  # "sgd" (momentum 0.9, nesterov) or "adamw"
-    weight_decay: float = 5e-4
-    temperature: float = 4.0
+    weight_decay: float = 5e-4  # L2 weight decay
+    temperature: float = 4.0  # softmax temperature T of the distillation term
     alpha: float = 0.9  # 0 is plain cross-entropy fine-tuning
-    feature_weight: float = 0.0
-    amp: bool = True  # used on CUDA only
-    seed: int = 0
+    feature_weight: float = 0.0  # weight of feature distillation (MSE on matched layers); 0 is off
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); off on CPU
+    seed: int = 0  # seeds shuffling and augmentation (compress sets it from its own seed)
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -68,6 +71,29 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
     return alpha * t * t * kl + (1 - alpha) * ce
 
 
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype for ``device``: bf16 on CUDA GPUs that support it, else fp16 (which
+    needs a GradScaler); None (full precision) on the CPU or when AMP is off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def per_rank_batch(batch_size: int, world: int) -> int:
+    """Each process's share of the global batch ``batch_size``.
+
+    The scaling rule: ``DistillConfig.batch_size`` and ``lr`` describe the whole run, so torchrun
+    with N processes takes the same number of optimizer steps with the same global batch and
+    learning rate as one process (N processes used to run N times the batch at the same lr,
+    with 1/N of the steps, and ended less accurate)."""
+    if batch_size % world:
+        raise UserError(
+            f"distill: batch_size {batch_size} is the global batch and must divide evenly among "
+            f"the {world} torchrun processes; use a multiple of {world}"
+        )
+    return batch_size // world
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -75,17 +101,28 @@ def distill(
     cfg: DistillConfig,
     out: str | Path | None = None,
     resume: bool = False,
-    features: dict[str, torch.Tensor] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    *,
+    features: dict[str, torch.Tensor] | None = None,
+    device: torch.device | None = None,
+    train_step: Callable[[nn.Module, nn.Module, object], torch.Tensor] | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
-    """Fine-tune ``student`` against ``teacher``; returns the best-on-val student and the
-    per-epoch history. ``features`` maps a module name to the teacher channels the
-    student kept there (for feature distillation)."""
+    """Fine-tune ``student`` against ``teacher``; returns the best student and the per-epoch
+    history.
+
+    ``device`` (from ``device.resolve``; default: the student's device) takes both models and
+    every batch. ``train_step(student, teacher, batch)`` replaces the classification KD loss:
+    it gets the batch already on the device (under autocast when AMP is on; ``student`` is the
+    DDP wrapper under torchrun) and returns the loss. ``evaluate(student)`` (higher is better)
+    replaces validation accuracy for picking the best epoch; the history's ``val`` and
+    ``val_acc`` hold the value used. ``features`` maps a module name to the teacher channels
+    the student kept there (for feature distillation). Under torchrun ``cfg.batch_size`` is the
+    global batch (see ``per_rank_batch``)."""
     cfg.validate()
     rank, world = rank_world()
-    device = torch.device(
-        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    )
+    device = device if device is not None else module_device(student)
+    local_batch = per_rank_batch(cfg.batch_size, world)
     torch.manual_seed(cfg.seed)
     student, teacher = student.to(device), teacher.to(device).eval()
     model = student
@@ -101,11 +138,12 @@ def distill(
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
         data.train,
-        batch_size=cfg.batch_size,
+        batch_size=local_batch,
         shuffle=sampler is None,
         sampler=sampler,
         generator=gen,
         drop_last=True,
+        pin_memory=device.type == "cuda",
     )
     if len(loader) == 0:
         raise UserError(f"the training set ({len(data.train)} samples) is smaller than a batch")
@@ -117,14 +155,15 @@ def distill(
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs * len(loader)))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    dtype = amp_dtype(device, cfg.amp)
+    # bf16 keeps fp32's exponent range: only fp16 needs its gradients scaled
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     aug = torch.Generator().manual_seed(cfg.seed + 1 + rank)
     hooks = _FeatureHooks(student, teacher, features) if cfg.feature_weight > 0 else None
 
     state = {
         "epoch": 0,
-        "best_acc": -1.0,
+        "best_acc": float("-inf"),
         "best": copy.deepcopy(student.state_dict()),
         "history": [],
     }
@@ -134,23 +173,25 @@ def distill(
         student.load_state_dict(sd["student"])
         opt.load_state_dict(sd["opt"])
         sched.load_state_dict(sd["sched"])
-        scaler.load_state_dict(sd["scaler"])
-        gen.set_state(sd["gen"])
-        aug.set_state(sd["aug"])
+        if sd["scaler"] and scaler.is_enabled():  # empty when saved without fp16 scaling
+            scaler.load_state_dict(sd["scaler"])
+        # generator states are CPU byte tensors whatever map_location did to them
+        gen.set_state(sd["gen"].cpu())
+        aug.set_state(sd["aug"].cpu())
         state = {k: sd[k] for k in ("epoch", "best_acc", "best", "history")}
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
         if sampler is not None:
             sampler.set_epoch(epoch)
         model.train()
-        total = 0.0
-        for x, y in loader:
-            x, y = augment(x, aug, hflip=data.hflip).to(device), y.to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                with torch.no_grad():
-                    t_out = teacher(x)
-                s_out = model(x)
-                loss = kd_loss(s_out, t_out, y, cfg.temperature, cfg.alpha)
+        total = torch.zeros((), device=device)  # summed on the device: no sync per step
+        for batch in loader:
+            batch = to_device(batch, device, non_blocking=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                if train_step is not None:
+                    loss = train_step(model, teacher, batch)
+                else:
+                    loss = _kd_step(model, teacher, batch, aug, data.hflip, cfg)
                 if hooks is not None:
                     loss = loss + cfg.feature_weight * hooks.loss()
             opt.zero_grad(set_to_none=True)
@@ -158,19 +199,21 @@ def distill(
             scaler.step(opt)
             scaler.update()
             sched.step()
-            total += loss.item()
+            total += loss.detach().float()
         if world > 1:
             _average_buffers(student, world)
-        val_acc = evaluate(student, data.val)
+        val = evaluate(student.eval()) if evaluate is not None else accuracy(student, data.val)
+        val = float(val)
         entry = {
             "epoch": epoch + 1,
-            "loss": total / len(loader),
-            "val_acc": val_acc,
+            "loss": total.item() / len(loader),
+            "val": val,
+            "val_acc": val,
             "lr": sched.get_last_lr()[0],
         }
         state["history"].append(entry)
-        if val_acc > state["best_acc"]:
-            state["best_acc"], state["best"] = val_acc, copy.deepcopy(student.state_dict())
+        if val > state["best_acc"]:
+            state["best_acc"], state["best"] = val, copy.deepcopy(student.state_dict())
         state["epoch"] = epoch + 1
         if ckpt is not None and rank == 0:
             buf = io.BytesIO()
@@ -193,6 +236,17 @@ def distill(
         hooks.remove()
     student.load_state_dict(state["best"])
     return student.eval(), state["history"]
+
+
+def _kd_step(model, teacher, batch, aug: torch.Generator, hflip: bool, cfg: DistillConfig):
+    """The default step: classification KD on an augmented (x, y) batch."""
+    x, y = batch
+    x = augment(x, aug, hflip=hflip)
+    with torch.no_grad():
+        t_out = teacher(x)
+    s_out = model(x)
+    # the loss in fp32: softmax over low-precision logits loses the soft targets' tails
+    return kd_loss(s_out.float(), t_out.float(), y, cfg.temperature, cfg.alpha)
 
 
 def _average_buffers(model: nn.Module, world: int) -> None:

@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .device import module_device, to_device
+
 
 def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **kw) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
@@ -22,31 +24,38 @@ def evaluate(
     data: DataLoader | Dataset,
     max_batches: int | None = None,
     batch_size: int = 256,
+    device: torch.device | None = None,
 ) -> float:
-    """Top-1 accuracy as a fraction, in eval mode (the model's mode is restored)."""
+    """Top-1 accuracy as a fraction, in eval mode (the model's mode is restored). Batches
+    are moved to ``device`` (default: where the model's parameters are)."""
     if isinstance(data, Dataset):
         data = loader(data, batch_size, shuffle=False)
+    device = device if device is not None else module_device(model)
     was = model.training
     model.eval()
-    correct = total = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
     for i, (x, y) in enumerate(data):
         if max_batches is not None and i >= max_batches:
             break
-        correct += (model(x).argmax(1) == y).sum().item()
+        x, y = to_device((x, y), device)
+        correct += (model(x).argmax(1) == y).sum()  # summed on the device: one sync at the end
         total += len(y)
     model.train(was)
-    return correct / max(total, 1)
+    return correct.item() / max(total, 1)
 
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterator | list, num_batches: int = 8) -> nn.Module:
-    """Adaptive BN: reset running statistics and re-estimate them on a few training batches.
+    """Adaptive BN: reset running statistics and re-estimate them on a few training batches
+    (moved to the model's device).
 
     After pruning, the stored statistics no longer describe the thinner layers' inputs.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
+    device = module_device(model)
     was = model.training
     saved = [m.momentum for m in bns]
     for m in bns:
@@ -56,7 +65,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterator | list, num_batches: int 
     for i, batch in enumerate(batches):
         if i >= num_batches:
             break
-        model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+        model(to_device(batch[0] if isinstance(batch, (list, tuple)) else batch, device))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.train(was)
@@ -64,18 +73,23 @@ def recalibrate_bn(model: nn.Module, batches: Iterator | list, num_batches: int 
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, shift: int = 4, hflip: bool = True):
-    """Random translation by up to ``shift`` pixels (zero padding) and optional h-flips."""
+    """Random translation by up to ``shift`` pixels (zero padding) and optional h-flips.
+
+    The random draws come from ``gen`` on the CPU whatever ``x``'s device, so a run makes the
+    same augmentations on a GPU as on the CPU; only the index tensors move to ``x``."""
     n, _, h, w = x.shape
+    dev = x.device
     padded = F.pad(x, (shift, shift, shift, shift))
-    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, x.shape[1], h, w + 2 * shift)
-    out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, x.shape[1], h, w)
-    out = out.gather(3, cols)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen).to(dev)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    out = padded.gather(2, rows.expand(n, x.shape[1], h, w + 2 * shift))
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    out = out.gather(3, cols.expand(n, x.shape[1], h, w))
     if hflip:
-        flip = torch.rand(n, generator=gen) < 0.5
-        out[flip] = out[flip].flip(3)
+        flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
+        # a select, not a boolean index: no host sync on a GPU
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
     return out
 
 
@@ -94,9 +108,13 @@ def train(
     cfg: TrainConfig,
     hflip: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
+    device: torch.device | None = None,
 ) -> nn.Module:
-    """Plain supervised training: SGD with momentum, one-cycle LR, random shifts."""
+    """Plain supervised training: SGD with momentum, one-cycle LR, random shifts; the model
+    and its batches on ``device`` (default: where the model's parameters are)."""
     torch.manual_seed(cfg.seed)
+    device = device if device is not None else module_device(model)
+    model.to(device)
     data = loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True
@@ -107,14 +125,15 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
     for epoch in range(cfg.epochs):
-        total = 0.0
+        total = torch.zeros((), device=device)
         for x, y in data:
+            x, y = to_device((x, y), device)
             loss = F.cross_entropy(model(augment(x, gen, hflip=hflip)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item()
+            total += loss.detach()
         if on_epoch is not None:
-            on_epoch(epoch, total / max(1, len(data)))
+            on_epoch(epoch, total.item() / max(1, len(data)))
     return model.eval()
