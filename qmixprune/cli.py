@@ -20,6 +20,46 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+# flags of compress/search whose default lives in the config dataclasses (None = "not
+# given", so that a --config file or --preset applies): --help shows that default
+_CONFIG_KEYS = {
+    "target_flops": "target_flops",
+    "seed": "seed",
+    "episodes": "search.episodes",
+    "envs": "search.envs",
+    "max_evaluations": "search.max_evaluations",
+    "steps": "search.env.steps",
+    "min_channels": "search.env.min_channels",
+    "epochs": "distill.epochs",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` gives every option's default: argparse's own, or for compress/search
+    flags the config dataclasses' (what applies when neither --config nor --preset sets it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.help is argparse.SUPPRESS or "default" in text or not action.option_strings:
+            return text
+        key = _CONFIG_KEYS.get(action.dest)
+        if action.default is None and key and self._prog.split()[-1] in ("compress", "search"):
+            value = _config_default(key)
+            value = "none" if value is None else str(value).replace("%", "%%")
+            return f"{text} (default: {value} unless --config or --preset sets it)"
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _config_default(key: str):
+    from .pipeline import CompressConfig
+
+    value = CompressConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -36,9 +76,23 @@ def parser() -> argparse.ArgumentParser:
             "(vgg16, alexnet, resnet56, torchvision:NAME, timm:NAME)",
         )
         sp.add_argument("--arch", help="architecture of a state-dict file")
-        sp.add_argument("--num-classes", type=int, default=None)
-        sp.add_argument("--width", type=float, default=1.0)
-        sp.add_argument("--input-size", type=int, default=32, help="square input side (pixels)")
+        sp.add_argument(
+            "--num-classes",
+            type=int,
+            default=None,
+            help="classifier outputs of a built-in or --arch model (default: 10)",
+        )
+        sp.add_argument(
+            "--width", type=float, default=1.0, help="channel multiplier of the built-in models"
+        )
+        sp.add_argument(
+            "--input-size",
+            type=int,
+            default=None,
+            help="square input side in pixels, as the model was trained (default: the size the "
+            "model file records, else 224 for torchvision:/timm: models, else 32); imagefolder "
+            "images are resized to it",
+        )
         sp.add_argument(
             "--trust-pickle",
             action="store_true",
@@ -52,9 +106,25 @@ def parser() -> argparse.ArgumentParser:
         )
 
     def data_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data", default="digits", choices=DATASETS)
+        sp.add_argument(
+            "--data",
+            default="digits",
+            choices=DATASETS,
+            help="data set (digits: embedded, 32x32; cifar10/100; imagefolder: one sub-folder "
+            "per class, train/ + test/ or one tree split 80/20)",
+        )
         sp.add_argument("--data-dir", help="where the data set lies (or is downloaded to)")
         sp.add_argument("--download", action="store_true", help="fetch CIFAR if missing")
+        sp.add_argument(
+            "--mean",
+            help="per-channel mean the model was trained with: 3 (or 1) comma-separated numbers "
+            "or a preset: imagenet, cifar10, cifar100, half, none (default: the data set's own; "
+            "ImageNet's for imagefolder)",
+        )
+        sp.add_argument(
+            "--std",
+            help="per-channel std, as --mean (a preset name in --mean sets both)",
+        )
 
     def search_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", help="YAML or JSON file with any of the options")
@@ -65,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
             help="fraction of the measured latency to keep (needs --latency-table)",
         )
         sp.add_argument("--latency-table", help="table from `qmixprune profile`")
-        sp.add_argument("--episodes", type=int)
+        sp.add_argument("--episodes", type=int, help="search episodes at most")
         sp.add_argument(
             "--envs",
             type=int,
@@ -76,10 +146,11 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--round-to",
             type=int,
-            help="kept channels a multiple of this (default 1; with --target-latency, the table's)",
+            help="kept channels a multiple of this (default: 8 for a FLOPs target, the profiled "
+            "multiple with --target-latency; 1 keeps exact FLOPs but unaligned widths run slow)",
         )
         sp.add_argument("--min-channels", type=int, help="no group keeps fewer")
-        sp.add_argument("--seed", type=int)
+        sp.add_argument("--seed", type=int, help="makes the run repeatable on one machine")
         sp.add_argument("--resume", action="store_true", help="continue an interrupted run")
         sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
         sp.add_argument("--quiet", action="store_true", help="no progress display")
@@ -94,10 +165,13 @@ def parser() -> argparse.ArgumentParser:
     goal.add_argument("--ratio", type=float, help="fraction of each group's channels removed")
     goal.add_argument("--target-flops", type=float, help="fraction of the MACs to keep")
     pr.add_argument(
-        "--importance", default="l1", choices=["l1", "l2", "fpgm", "bn_scale", "random"]
+        "--importance",
+        default="l1",
+        choices=["l1", "l2", "fpgm", "bn_scale", "random"],
+        help="filter ranking: the least important filters go",
     )
-    pr.add_argument("--round-to", type=int, default=8)
-    pr.add_argument("--min-channels", type=int, default=1)
+    pr.add_argument("--round-to", type=int, default=8, help="kept channels a multiple of this")
+    pr.add_argument("--min-channels", type=int, default=1, help="no group keeps fewer")
     pr.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     s = sub.add_parser("search", help="QMIX search for per-group channel counts")
     model_args(s)
@@ -108,8 +182,31 @@ def parser() -> argparse.ArgumentParser:
     model_args(cp)
     data_args(cp)
     search_args(cp)
+    cp.add_argument(
+        "--preset",
+        choices=["quick", "default", "thorough"],
+        help="run size (episodes / patience / epochs; README: Presets); --config and flags "
+        "override it (default: default)",
+    )
     cp.add_argument("--epochs", type=int, help="distillation epochs")
+    cp.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="go on when the model's test accuracy is at chance level (refused otherwise)",
+    )
+    cp.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep the search and distillation checkpoints in OUT after success (they are "
+        "only needed to --resume an interrupted run)",
+    )
     cp.add_argument("--no-export", action="store_true", help="skip ONNX export and latency")
+    cp.add_argument(
+        "--int8",
+        action="store_true",
+        help="also model.int8.onnx (INT8 Q/DQ calibrated on the training set), timed and "
+        "checked on the test set",
+    )
     cp.add_argument("-o", "--output", required=True, help="output folder")
     ex = sub.add_parser("export", help="export a model to ONNX (checked against PyTorch)")
     model_args(ex)
@@ -160,24 +257,33 @@ def parser() -> argparse.ArgumentParser:
     bench_arguments(sub.add_parser("bench", help="ONNX Runtime latency of ONNX models"))
     pf = sub.add_parser("profile", help="measure per-layer latency on this device")
     model_args(pf)
-    pf.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
-    pf.add_argument("--threads", type=int, default=None)
-    pf.add_argument("--batch", type=int, default=1)
+    pf.add_argument(
+        "--provider",
+        default="cpu",
+        choices=["cpu", "cuda", "tensorrt"],
+        help="ONNX Runtime execution provider",
+    )
+    pf.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)"
+    )
+    pf.add_argument("--batch", type=int, default=1, help="batch size to time (as deployed)")
     pf.add_argument(
         "--round-to",
         type=int,
         default=None,
         help="profile multiples of this (default: measure which multiple the device rewards)",
     )
-    pf.add_argument("--runs", type=int, default=20)
+    pf.add_argument("--runs", type=int, default=20, help="timed runs per measurement")
     pf.add_argument("-o", "--output", required=True, help="the JSON table to write")
     d = sub.add_parser("demo", help="train VGG-16 on the bundled digits, then compress it")
-    d.add_argument("-o", "--output", default="qmixprune-demo")
+    d.add_argument("-o", "--output", default="qmixprune-demo", help="output folder")
     d.add_argument("--quick", action="store_true", help="fewer epochs and evaluations")
-    d.add_argument("--target-flops", type=float, default=0.4)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--overwrite", action="store_true")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--target-flops", type=float, default=0.4, help="fraction of the MACs to keep")
+    d.add_argument("--seed", type=int, default=0, help="makes the run repeatable")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    d.add_argument("--quiet", action="store_true", help="no progress display")
+    for sp in sub.choices.values():
+        sp.formatter_class = HelpFormatter
     return p
 
 
@@ -222,10 +328,20 @@ def _load(args):
         model = serialize.load_model_file(
             path, args.arch, args.num_classes, args.width, args.trust_pickle, factory
         )
-    shape = getattr(model, "qmixprune_input_shape", None) or [3, args.input_size, args.input_size]
+    from .inputs import check_forward, default_size
+
+    if args.input_size is not None and args.input_size < 1:
+        raise UserError(f"--input-size must be >= 1, got {args.input_size}")
+    # the size used, for the data too (imagefolder images are resized to it)
+    args.input_size_used = args.input_size or default_size(model, args.arch or path)
+    shape = getattr(model, "qmixprune_input_shape", None) or [3] + [args.input_size_used] * 2
+    if args.input_size is not None:
+        shape = [*shape[:-2], args.input_size, args.input_size]
     if isinstance(model, torch.jit.ScriptModule) and args.command not in ("count", "export"):
         raise UserError(f"{path} is TorchScript: it can be counted and exported, not pruned")
-    return model.eval(), torch.zeros(1, *shape)
+    x = torch.zeros(1, *shape)
+    check_forward(model, x)  # a wrong size: one line naming the size the model runs at
+    return model.eval(), x
 
 
 def _analyze(args) -> int:
@@ -246,8 +362,8 @@ def _count(args) -> int:
     from .flops import format_table, layer_table
 
     model, x = _load(args)
-    print(format_table(layer_table(model, x)))
-    print(f"params {sum(p.numel() for p in model.parameters()):,}")
+    print(f"input {'x'.join(map(str, x.shape))} (--input-size to change)")
+    print(format_table(layer_table(model, x), sum(p.numel() for p in model.parameters())))
     return EXIT_OK
 
 
@@ -307,7 +423,6 @@ def search_config(args):
 
 
 def _search(args) -> int:
-    from .data import load_data
     from .pipeline import run_search
 
     cfg = search_config(args)
@@ -317,7 +432,7 @@ def _search(args) -> int:
     table = _latency_table(args)
     _check_out(args, "search_config.json", cfg)
     model, _ = _load(args)
-    data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
+    data = _load_data(args, cfg.seed)
     _check_run(model, data, table)
     with _owned_out(args) as out:
         result, _ = run_search(model, data, cfg, out, args.resume, args.quiet, table)
@@ -330,14 +445,16 @@ def _search(args) -> int:
 
 
 def compress_config(args):
-    """compress's config: defaults <- --config file <- flags given on the command line."""
+    """compress's config: defaults <- --preset <- --config file <- flags given."""
     from .config import build, merge, read_config
     from .pipeline import CompressConfig
+    from .presets import preset
 
     flags = {
         "target_flops": args.target_flops,
         "seed": args.seed,
         "export": False if args.no_export else None,
+        "int8": True if args.int8 else None,
         "search": {
             "episodes": args.episodes,
             "envs": args.envs,
@@ -349,12 +466,37 @@ def compress_config(args):
             },
         },
         "distill": {"epochs": args.epochs},
+        "allow_untrained": True if args.allow_untrained else None,
+        "keep_checkpoints": True if args.keep_checkpoints else None,
     }
-    return build(CompressConfig, merge(read_config(args.config), flags))
+    layers = merge(preset(args.preset), read_config(args.config))
+    return build(CompressConfig, merge(layers, flags))
+
+
+def _load_data(args, seed: int):
+    """The run's data, fed as the model expects: --input-size (imagefolder), --mean/--std."""
+    from .data import load_data
+    from .inputs import parse_norm
+
+    norm = parse_norm(args.mean, args.std)
+    if args.data != "imagefolder" and args.input_size not in (None, 32):
+        raise UserError(
+            f"--input-size {args.input_size}: {args.data} images are 32x32; only imagefolder "
+            "images are resized"
+        )
+    size = args.input_size_used if args.data == "imagefolder" else 32
+    return load_data(args.data, args.data_dir, args.download, seed, image_size=size, norm=norm)
+
+
+def _check_teacher(model, data) -> None:
+    """A model at chance level on the user's data is refused before any long work."""
+    from .pipeline import check_teacher
+    from .train import evaluate
+
+    check_teacher(evaluate(model, data.test), data.num_classes, len(data.test))
 
 
 def _compress(args) -> int:
-    from .data import load_data
     from .pipeline import compress
 
     cfg = compress_config(args)
@@ -367,8 +509,10 @@ def _compress(args) -> int:
     table = _latency_table(args)
     _check_out(args, "config.json", cfg.resolved())
     model, _ = _load(args)
-    data = load_data(args.data, args.data_dir, args.download, seed=cfg.seed)
+    data = _load_data(args, cfg.seed)
     _check_run(model, data, table, cfg.distill.batch_size)
+    if not cfg.allow_untrained:
+        _check_teacher(model, data)
     with _owned_out(args) as out:
         compress(
             model,
@@ -379,7 +523,17 @@ def _compress(args) -> int:
             quiet=args.quiet,
             latency_table=table,
         )
+    if not args.quiet:
+        print(_wrote(out))
     return EXIT_OK
+
+
+def _wrote(out) -> str:
+    """The closing line: what the run left in OUT."""
+    from pathlib import Path
+
+    names = sorted(p.name for p in Path(out).iterdir() if not p.name.startswith("."))
+    return f"wrote {out}/: {', '.join(names)}"
 
 
 def _inputs(args) -> list:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,12 +20,24 @@ from .distributed import is_main
 from .errors import UserError
 from .export import export_onnx
 from .flops import count
+from .outdir import check_same_config
 from .progress import progress
 from .pruning import apply_plan, plan_for_counts
-from .report import markdown_report, plan_json, plot_channels, plot_curve, plot_rewards, write_json
+from .report import (
+    PLOTS,
+    alignment_warning,
+    describe_input,
+    markdown_report,
+    plan_json,
+    plot_channels,
+    plot_finetune,
+    plot_rewards,
+    write_json,
+)
 from .search import PruningEnv, SearchConfig, SearchResult, build_env, search
 from .serialize import atomic_write_bytes, save
-from .train import evaluate, loader, recalibrate_bn
+from .train import evaluate as accuracy
+from .train import loader, recalibrate_bn
 
 
 def run_search(
@@ -33,12 +48,19 @@ def run_search(
     resume: bool = False,
     quiet: bool = False,
     latency_table: dict | None = None,
+    *,
+    score: Callable[[nn.Module], float] | None = None,
+    calib: Iterable | None = None,
 ) -> tuple[SearchResult, PruningEnv]:
     """QMIX search on ``model``; with ``out``: plan.json, search_log.jsonl, reward_curve.png,
     search_config.json and a checkpoint to resume from. Returns the result and the
     environment (its graph and importance ranking turn the result into a plan)."""
-    env = build_env(model, data, cfg.env, seed=cfg.seed, latency_table=latency_table)
+    env = build_env(
+        model, data, cfg.env, seed=cfg.seed, latency_table=latency_table, score=score, calib=calib
+    )
     if out is not None and is_main():
+        if resume:  # refuse another configuration before rewriting the record of this one
+            check_same_config(out, "search_config.json", as_dict(cfg))
         write_json(out / "search_config.json", as_dict(cfg))
     with progress(cfg.episodes, "search", quiet, every=cfg.checkpoint_every) as update:
 
@@ -65,14 +87,17 @@ class CompressConfig:
     """Every option of ``compress``; the targets, seed and importance override the stages'.
     ``target_flops`` None with a ``target_latency`` means a latency-only budget."""
 
-    target_flops: float | None = 0.4
-    target_latency: float | None = None
-    seed: int = 0
-    importance: str = "l1"
+    target_flops: float | None = 0.4  # fraction of the MACs kept (None: no FLOPs target)
+    target_latency: float | None = None  # fraction of the measured latency kept (needs a table)
+    seed: int = 0  # seeds the search, the val split and fine-tuning (overrides the stages')
+    importance: str = "l1"  # filter ranking: l1, l2, fpgm, bn_scale or random
     search: SearchConfig = field(default_factory=SearchConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    export: bool = True
-    bench_runs: int = 50
+    export: bool = True  # write model.onnx and time it against the original (ONNX Runtime)
+    int8: bool = False  # also model.int8.onnx (Q/DQ, calibrated on training batches)
+    bench_runs: int = 50  # timed runs per model and batch size for the report's latency
+    allow_untrained: bool = False  # go on when the teacher's test accuracy is at chance level
+    keep_checkpoints: bool = False  # keep the search/distillation checkpoints after success
 
     def resolved(self) -> CompressConfig:
         """The config with the top-level target, seed and importance pushed into the stages."""
@@ -100,6 +125,8 @@ class Result:
     latency: dict | None
     seed: int
     versions: dict
+    input: dict | None = None  # shape, mean, std the model was fed (and where they come from)
+    int8: dict | None = None  # the INT8 model's check: accuracies (ONNX Runtime), agreement
     model: nn.Module | None = None
     out: Path | None = None
 
@@ -110,16 +137,28 @@ class Result:
 
 def compress(
     model: nn.Module,
-    data: DataSplits,
+    data: DataSplits | None = None,
     target_flops: float | None = None,
     config: CompressConfig | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     quiet: bool = False,
     latency_table: dict | None = None,
+    *,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    train_step: Callable[[nn.Module, nn.Module, object], torch.Tensor] | None = None,
+    calib: Iterable | None = None,
 ) -> Result:
     """Search a per-group plan with QMIX, prune, distil from the original, evaluate, and
-    (with ``out``) save, export to ONNX, benchmark and report."""
+    (with ``out``) save, export to ONNX, benchmark and report.
+
+    Classification on ``data`` is the default task. Any other task brings its callbacks:
+    ``evaluate(model) -> float`` (higher is better, e.g. mIoU or mAP on a validation set)
+    is the search's reward and picks the best fine-tuning epoch; ``train_step(student,
+    teacher, batch) -> loss`` drives fine-tuning on ``data.train``'s batches; ``calib``
+    (model inputs, or batches whose first element is the input) recalibrates BatchNorm.
+    ``data`` may be None when ``evaluate`` and ``calib`` are given and
+    ``config.distill.epochs`` is 0."""
     cfg = config or CompressConfig()
     if target_flops is not None:
         cfg = replace(cfg, target_flops=target_flops)
@@ -128,17 +167,44 @@ def compress(
     log = (lambda *a: None) if quiet else print
     out = Path(out) if out is not None else None
     if out is not None and is_main():
+        if resume:  # refuse another configuration before rewriting the record of this one
+            check_same_config(out, "config.json", as_dict(cfg))
         write_json(out / "config.json", as_dict(cfg))
-    teacher = model.eval()
-    x = torch.zeros(1, *data.input_shape)
-    (macs0, params0), acc0 = count(teacher, x), evaluate(teacher, data.test)
-    log(f"original: {macs0:,} MACs, {params0:,} params, test acc {acc0:.4f}")
+    if data is None and (evaluate is None or calib is None):
+        raise UserError("compress needs data=, unless both evaluate= and calib= are given")
+    if data is None and cfg.distill.epochs > 0:
+        raise UserError(
+            "fine-tuning needs training data: pass data= (its train split feeds train_step), "
+            "or set config.distill.epochs to 0"
+        )
+    if calib is not None:  # read once: the search and the pruned model's BN both use them
+        calib = list(itertools.islice(calib, max(cfg.search.env.calib_batches, 1)))
+        if not calib:
+            raise UserError("calib= is empty: give at least one batch of model inputs")
+    metric = "score" if evaluate is not None else "test_acc"
 
-    found, env = run_search(teacher, data, cfg.search, out, resume, quiet, latency_table)
+    def score(m: nn.Module) -> float:
+        return float(evaluate(m)) if evaluate is not None else accuracy(m, data.test)
+
+    teacher = model.eval()
+    x = torch.zeros(1, *(data.input_shape if data is not None else _first_input(calib).shape[1:]))
+    inputs = _input_info(data) if data is not None else {"shape": list(x.shape[1:])}
+    log(f"input: {describe_input(inputs)}")
+    (macs0, params0), acc0 = count(teacher, x), score(teacher)
+    log(f"original: {macs0:,} MACs, {params0:,} params, {metric.replace('_', ' ')} {acc0:.4f}")
+    if not cfg.allow_untrained and evaluate is None:
+        check_teacher(acc0, data.num_classes, len(data.test))
+
+    found, env = run_search(
+        teacher, data, cfg.search, out, resume, quiet, latency_table, score=evaluate, calib=calib
+    )
     graph = env.graph  # the search's own analysis and importance ranking serve the pruning
     plan = plan_for_counts(graph, found.counts, env.ranking)
     student = apply_plan(teacher, graph, plan)
-    recalibrate_bn(student, loader(data.train, cfg.distill.batch_size, True, cfg.seed))
+    recalibrate_bn(
+        student,
+        calib if calib is not None else loader(data.train, cfg.distill.batch_size, True, cfg.seed),
+    )
     log(
         f"search: best val reward {found.reward:.4f} at {found.macs_ratio:.4f} of the MACs; "
         f"distilling {cfg.distill.epochs} epochs"
@@ -153,13 +219,18 @@ def compress(
             out,
             resume,
             on_epoch=lambda e: update(1, f"val {e['val_acc']:.4f}"),
+            train_step=train_step,
+            evaluate=evaluate,
         )
-    (macs1, params1), acc1 = count(student, x), evaluate(student, data.test)
+    if out is not None and is_main():  # first thing after fine-tuning: nothing later loses it
+        save(student, out / "model.safetensors")
+        log(f"saved the pruned model to {out / 'model.safetensors'}")
+    (macs1, params1), acc1 = count(student, x), score(student)
     result = Result(
         target_flops=cfg.target_flops,
         target_latency=cfg.target_latency,
-        original={"macs": macs0, "params": params0, "test_acc": acc0},
-        pruned={"macs": macs1, "params": params1, "test_acc": acc1},
+        original={"macs": macs0, "params": params0, metric: acc0},
+        pruned={"macs": macs1, "params": params1, metric: acc1},
         channels={
             g.name: {"before": g.channels, "after": found.counts.get(g.name, g.channels)}
             for g in graph.prunable
@@ -179,30 +250,83 @@ def compress(
         latency=None,
         seed=cfg.seed,
         versions=_versions(),
+        input=inputs,
         model=student,
     )
     if out is not None and is_main():
         # time the result as the latency table was measured, when there is one
         threads = latency_table.get("threads") if latency_table else None
-        _write_outputs(result, teacher, cfg, out, x, log, threads)
+        _write_outputs(result, teacher, cfg, out, x, log, threads, data)
     log(
         f"pruned: {macs1:,} MACs ({macs1 / macs0:.3f}), {params1:,} params, "
-        f"test acc {acc1:.4f} ({acc1 - acc0:+.4f})"
+        f"{metric.replace('_', ' ')} {acc1:.4f} ({acc1 - acc0:+.4f})"
     )
+    warning = alignment_warning(result.channels, env.cfg.round_to)
+    if warning:
+        log(f"warning: {warning}")
+    if out is not None and is_main() and not cfg.keep_checkpoints:
+        _remove_checkpoints(out)
     return result
 
 
+def check_teacher(acc: float, num_classes: int, n: int) -> None:
+    """Refuse a teacher whose test accuracy is within 3 standard errors of chance (1 / classes):
+    an untrained model, or inputs sized or normalised unlike its training. Pruning it would
+    report noise as gains."""
+    chance = 1.0 / max(num_classes, 1)
+    limit = chance + 3 * (chance * (1 - chance) / max(n, 1)) ** 0.5
+    if acc <= limit:
+        raise UserError(
+            f"the model's test accuracy is {acc:.4f}, chance level for {num_classes} classes "
+            f"({chance:.3f}): is it trained, and do --input-size/--mean/--std match its training? "
+            "(--allow-untrained, or allow_untrained=True in Python, goes on anyway)"
+        )
+
+
+def _input_info(data: DataSplits) -> dict:
+    """report["input"]: what the model was fed."""
+    mean = getattr(data, "mean", None)
+    return {
+        "shape": list(data.input_shape),
+        "mean": list(mean) if mean is not None else None,
+        "std": list(data.std) if mean is not None else None,
+        "source": getattr(data, "norm_source", ""),
+    }
+
+
+def _remove_checkpoints(out: Path) -> None:
+    """After success the checkpoints only take space (they resume an interrupted run); the
+    names are ours: nothing else is deleted."""
+    from .distill import CHECKPOINT as DISTILL_CKPT
+    from .search.runner import CHECKPOINT as SEARCH_CKPT
+
+    for name in (SEARCH_CKPT, DISTILL_CKPT):
+        (out / name).unlink(missing_ok=True)
+
+
 def _write_outputs(
-    result: Result, teacher, cfg: CompressConfig, out: Path, x, log, threads: int | None = None
+    result: Result,
+    teacher,
+    cfg: CompressConfig,
+    out: Path,
+    x,
+    log,
+    threads: int | None = None,
+    data: DataSplits | None = None,
 ):
-    save(result.model, out / "model.safetensors")
+    # model.safetensors is saved already: each stage below only warns when it fails
     if cfg.export:
         try:
             export_onnx(result.model, out / "model.onnx", x)
+            files, names = [out / "model.onnx"], ["original", "pruned"]
+            if cfg.int8 and data is not None:
+                result.int8 = _int8(out / "model.onnx", out / "model.int8.onnx", data, log)
+                if "error" not in result.int8:
+                    files, names = [*files, out / "model.int8.onnx"], [*names, "pruned-int8"]
             with tempfile.TemporaryDirectory() as tmp:
                 export_onnx(teacher, Path(tmp) / "original.onnx", x)
                 report = bench(
-                    [str(Path(tmp) / "original.onnx"), str(out / "model.onnx")],
+                    [str(Path(tmp) / "original.onnx"), *map(str, files)],
                     (1, 32),
                     threads=threads,
                     runs=cfg.bench_runs,
@@ -212,22 +336,70 @@ def _write_outputs(
             result.latency = {
                 "device": report["device"],
                 "threads": threads,
-                "results": [
-                    {**r, "model": "original" if i % 2 == 0 else "pruned"}
-                    for i, r in enumerate(rows)
-                ],
+                "results": [{**r, "model": names[i % len(names)]} for i, r in enumerate(rows)],
             }
-        except UserError as exc:
-            log(f"warning: ONNX export or benchmark skipped: {exc}")
-    plot_channels(
-        {k: v["before"] for k, v in result.channels.items()},
-        {k: v["after"] for k, v in result.channels.items()},
-        out / "channels.png",
-    )
-    plot_curve(result.finetune, "epoch", ["val_acc"], out / "finetune_curve.png", "accuracy")
-    write_json(out / "report.json", result.report())
-    atomic_write_bytes(out / "report.md", markdown_report(result.report()).encode())
+        except Exception as exc:
+            _skipped("ONNX export or benchmark", exc)
+    try:
+        plot_channels(
+            {k: v["before"] for k, v in result.channels.items()},
+            {k: v["after"] for k, v in result.channels.items()},
+            out / "channels.png",
+        )
+        plot_finetune(result.finetune, out / "finetune_curve.png")
+    except Exception as exc:
+        _skipped("plots", exc)
+    try:
+        write_json(out / "report.json", result.report())
+    except Exception as exc:
+        _skipped("report.json", exc)
+    try:
+        plots = [name for name, _ in PLOTS if (out / name).is_file()]
+        atomic_write_bytes(out / "report.md", markdown_report(result.report(), plots).encode())
+    except Exception as exc:
+        _skipped("report.md", exc)
     result.out = out
+
+
+def _skipped(stage: str, exc: Exception) -> None:
+    """A stage after the pruned model was saved failed: say so and go on."""
+    warnings.warn(
+        f"{stage} skipped: {type(exc).__name__}: {exc} (model.safetensors is saved)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _first_input(calib: list) -> torch.Tensor:
+    """The model input of the first calibration batch (a tensor, or its first element)."""
+    first = calib[0]
+    return first[0] if isinstance(first, (list, tuple)) else first
+
+
+def _int8(fp32: Path, path: Path, data: DataSplits, log) -> dict:
+    """Quantize ``fp32`` to ``path``, calibrated on training batches, checked on the test set;
+    a model outside the check's tolerance is not kept and the report says why."""
+    from .quantize import quantize_checked
+
+    try:
+        res = quantize_checked(
+            fp32,
+            path,
+            (data.train[i] for i in range(len(data.train))),
+            (data.test[i] for i in range(len(data.test))),
+        )
+    except UserError as exc:  # the fp32 model and its timings are still worth having
+        log(f"warning: no INT8 model: {exc}")
+        return {"error": str(exc)}
+    log(res.summary())
+    return {
+        "quantizer": res.quantizer,
+        "calib_samples": res.calib_samples,
+        "agreement": res.agreement,
+        "relative_rms": res.relative_rms,
+        "fp32_test_acc": res.fp32_acc,
+        "int8_test_acc": res.int8_acc,
+    }
 
 
 def _versions() -> dict:

@@ -1,35 +1,14 @@
-"""Outputs of a run: plan.json, plots, and an output folder that is never left half-written."""
+"""Outputs of a run: plan.json, report.md and plots (the folder itself: see outdir)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
-from .errors import UserError
 from .graph import Graph
 from .pruning import Plan
 from .serialize import atomic_write_bytes
-
-
-def prepare_out(out: str | Path, overwrite: bool, resume: bool) -> Path:
-    """Check the output folder: refuse to clobber a previous run unless told to."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise UserError(f"{out} is not empty: pass --overwrite to replace it or --resume to go on")
-    if out.exists() and overwrite and not resume:
-        shutil.rmtree(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write into {out}: {exc}") from exc
-    return out
 
 
 def write_json(path: Path, obj) -> None:
@@ -46,7 +25,7 @@ def plan_json(graph: Graph, plan: Plan, macs_ratio: float) -> dict:
 
 
 def plot_curve(
-    log: list[dict], x_key: str, y_keys: list[str], path: Path, ylabel: str = ""
+    log: list[dict], x_key: str, y_keys: list[str], path: Path, ylabel: str = "", title: str = ""
 ) -> Path | None:
     """Lines of ``y_keys`` against ``x_key`` as a PNG; None where matplotlib is missing."""
     plt = _pyplot()
@@ -59,6 +38,7 @@ def plot_curve(
         ax.plot(xs, [e[key] for e in log], style, ms=3, label=key.replace("_", " "))
     ax.set_xlabel(x_key)
     ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(loc="lower right")
     return _save(plt, fig, path)
 
@@ -66,23 +46,78 @@ def plot_curve(
 def plot_rewards(log: list[dict], path: Path) -> Path | None:
     """Search reward per episode (val, pruned and BN-recalibrated) and best so far."""
     return plot_curve(
-        log, "episode", ["reward", "best"], path, "val reward (pruned, BN recalibrated)"
+        log,
+        "episode",
+        ["reward", "best"],
+        path,
+        "val reward (pruned, BN recalibrated)",
+        "QMIX search: reward of each episode's plan, and the best so far",
     )
 
 
-def markdown_report(report: dict) -> str:
-    """A short human-readable report.md from report.json's fields."""
+def plot_finetune(history: list[dict], path: Path) -> Path | None:
+    """Val accuracy of the pruned model per distillation epoch."""
+    return plot_curve(
+        history, "epoch", ["val_acc"], path, "accuracy", "Distillation: val accuracy per epoch"
+    )
+
+
+# what report.md embeds, in order: (file in OUT, caption)
+PLOTS = (
+    ("channels.png", "Channels per group, original and pruned"),
+    ("reward_curve.png", "Search reward per episode"),
+    ("finetune_curve.png", "Val accuracy per distillation epoch"),
+)
+
+ALIGN = 8  # the channel multiple below which widths are called unaligned (see README: Method)
+
+
+def unaligned(channels: dict[str, dict], multiple: int = ALIGN) -> list[str]:
+    """Pruned groups whose kept width is not a multiple of ``multiple`` (slow on most
+    hardware: vector units and GEMM tiles work in blocks of channels)."""
+    return [
+        g for g, c in channels.items() if c["after"] != c["before"] and c["after"] % multiple != 0
+    ]
+
+
+def alignment_warning(channels: dict[str, dict], round_to: int | None) -> str | None:
+    """One sentence when pruned widths are unaligned, naming the fix; else None."""
+    multiple = max(ALIGN, round_to or 1)
+    bad = unaligned(channels, multiple)
+    if not bad:
+        return None
+    pruned = sum(c["after"] != c["before"] for c in channels.values())
+    first = bad[0]
+    return (
+        f"{len(bad)} of {pruned} pruned groups keep widths that are not multiples of {multiple} "
+        f"(e.g. {first}: {channels[first]['before']} -> {channels[first]['after']}); such widths "
+        f"run slower than their MACs suggest: --round-to {multiple} (or a latency target) "
+        "aligns them"
+    )
+
+
+def markdown_report(report: dict, plots: list[str] | tuple[str, ...] = ()) -> str:
+    """A short human-readable report.md from report.json's fields; ``plots`` names the image
+    files (beside report.md) that it embeds."""
     o, p = report["original"], report["pruned"]
     lines = [
         "# qmixprune report",
         "",
         f"Target: keep {_targets(report)} (seed {report['seed']}).",
         "",
-        "| | MACs | params | test acc |",
+    ]
+    if report.get("input"):
+        lines += [f"Input: {describe_input(report['input'])}.", ""]
+    warning = alignment_warning(report["channels"], report["search"].get("round_to"))
+    if warning:
+        lines += [f"**Warning**: {warning}.", ""]
+    metric = "test_acc" if "test_acc" in o else "score"  # score: the task's evaluate()
+    lines += [
+        f"| | MACs | params | {metric.replace('_', ' ')} |",
         "|---|---|---|---|",
-        f"| original | {o['macs']:,} | {o['params']:,} | {o['test_acc']:.4f} |",
+        f"| original | {o['macs']:,} | {o['params']:,} | {o[metric]:.4f} |",
         f"| pruned | {p['macs']:,} ({p['macs'] / o['macs']:.3f}) | {p['params']:,} "
-        f"({p['params'] / o['params']:.3f}) | {p['test_acc']:.4f} |",
+        f"({p['params'] / o['params']:.3f}) | {p[metric]:.4f} |",
         "",
         f"Search: best val reward {report['search']['reward']:.4f} after "
         f"{report['search']['evaluations']} evaluations in {report['search']['seconds']} s.",
@@ -109,9 +144,29 @@ def markdown_report(report: dict) -> str:
             f"| {r['model']} | {r['batch']} | {r['p50_ms']:.3f} | {r['speedup']:.2f}x |"
             for r in report["latency"]["results"]
         ]
+    captions = dict(PLOTS)
+    for name in plots:
+        lines += ["", f"![{captions.get(name, name)}]({name})"]
+    if (report.get("int8") or {}).get("error"):
+        lines += ["", f"INT8: none kept ({report['int8']['error']})."]
+    elif report.get("int8"):
+        q = report["int8"]
+        lines += [
+            "",
+            f"INT8 (model.int8.onnx, {q['quantizer']}, {q['calib_samples']} calibration samples): "
+            f"test acc {q['int8_test_acc']:.4f} against {q['fp32_test_acc']:.4f} for the fp32 "
+            f"pruned model (both in ONNX Runtime); same class on {q['agreement']:.1%}.",
+        ]
     lines += ["", "| group | channels before | after |", "|---|---|---|"]
     lines += [f"| {g} | {c['before']} | {c['after']} |" for g, c in report["channels"].items()]
     return "\n".join(lines) + "\n"
+
+
+def describe_input(inp: dict) -> str:
+    """report["input"] in words (see inputs.describe)."""
+    from .inputs import describe
+
+    return describe(inp["shape"], inp.get("mean"), inp.get("std"), inp.get("source", ""))
 
 
 def _targets(report: dict) -> str:
@@ -135,6 +190,7 @@ def plot_channels(before: dict[str, int], after: dict[str, int], path: Path) -> 
     ax.bar(xs, [after.get(n, before[n]) for n in names], color="#3a7", label="pruned")
     ax.set_xticks(list(xs), names, rotation=90, fontsize=7)
     ax.set_ylabel("channels")
+    ax.set_title("Channels per group: original and pruned")
     ax.legend()
     return _save(plt, fig, path)
 

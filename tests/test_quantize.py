@@ -99,3 +99,45 @@ def test_export_int8_cli_and_torch_free_bench(tmp_path, capsys):
     assert main([*argv, "--fp16"]) == 2
     assert main([*argv, "--calib-batches", "0"]) == 2
     assert "--calib-batches" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_compress_int8_outputs(tmp_path, monkeypatch, fail):
+    """compress's output stage with int8 on (search and distillation are tested elsewhere)."""
+    import json
+
+    import qmixprune.quantize as quantize_mod
+    from qmixprune.data import load_data
+    from qmixprune.pipeline import CompressConfig, Result, _write_outputs
+
+    if fail:  # a model outside the tolerance is not kept; the fp32 outputs still are
+        monkeypatch.setattr(quantize_mod, "MIN_AGREEMENT", 1.01)
+    torch.manual_seed(0)
+    teacher, student = create("alexnet", width=0.25).eval(), create("alexnet", width=0.125)
+    res = Result(
+        target_flops=0.5,
+        target_latency=None,
+        original={"macs": 4, "params": 4, "test_acc": 0.5},
+        pruned={"macs": 1, "params": 1, "test_acc": 0.5},
+        channels={"g": {"before": 4, "after": 2}},
+        search={"reward": 0.5, "evaluations": 1, "seconds": 1},
+        finetune=[],
+        latency=None,
+        seed=0,
+        versions={},
+        model=student.eval(),
+    )
+    cfg = CompressConfig(bench_runs=2, int8=True)
+    out = tmp_path / "o"
+    out.mkdir()
+    _write_outputs(res, teacher, cfg, out, X, lambda *a: None, 1, load_data("digits"))
+    rep = json.loads((out / "report.json").read_text())
+    names = [r["model"] for r in rep["latency"]["results"]]
+    md = (out / "report.md").read_text()
+    if fail:
+        assert not (out / "model.int8.onnx").exists() and "disagrees" in rep["int8"]["error"]
+        assert names == ["original", "pruned"] * 2 and "INT8: none kept" in md
+    else:
+        assert (out / "model.int8.onnx").is_file() and 0 <= rep["int8"]["int8_test_acc"] <= 1
+        assert names == ["original", "pruned", "pruned-int8"] * 2
+        assert "INT8 (model.int8.onnx" in md
