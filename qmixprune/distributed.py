@@ -8,15 +8,31 @@ import torch
 import torch.distributed as dist
 
 
-def init() -> bool:
-    """Join the process group described by torchrun's environment (NCCL on GPUs, gloo on
-    CPUs); a no-op in a single process. Returns whether a group is active."""
+def init(device: torch.device | str | None = None) -> bool:
+    """Join the process group described by torchrun's environment; a no-op in a single
+    process. Returns whether a group is active.
+
+    ``device`` is the run's device (a ``device.resolve`` spec; default ``auto``, which under
+    torchrun is ``cuda:$LOCAL_RANK`` when GPUs are visible). On a GPU the process binds to it
+    (``torch.cuda.set_device``) and joins with NCCL; on the CPU with gloo."""
     if dist.is_available() and dist.is_initialized():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    from .device import resolve
+
+    dev = resolve(device)
+    if dev.type == "cuda":
+        # before the group exists, so NCCL's communicator and every later collective, barrier
+        # and default CUDA tensor use this rank's GPU rather than all landing on GPU 0
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend_for(dev))
     return True
+
+
+def backend_for(device: torch.device) -> str:
+    """The collective backend for a device: NCCL for CUDA GPUs, gloo for the CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def rank_world() -> tuple[int, int]:
@@ -29,9 +45,7 @@ def collective_device() -> torch.device:
     """Where tensors passed to collectives must live: this process's GPU under NCCL (which
     reduces only CUDA tensors), else the CPU (gloo, or no group at all)."""
     if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        from .device import resolve
-
-        return resolve("cuda")  # cuda:$LOCAL_RANK under torchrun
+        return torch.device("cuda", torch.cuda.current_device())  # bound by init
     return torch.device("cpu")
 
 
@@ -42,4 +56,6 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if rank_world()[1] > 1:
-        dist.barrier()
+        dev = collective_device()
+        # NCCL otherwise guesses the GPU for its barrier (and warns)
+        dist.barrier(device_ids=[dev.index] if dev.type == "cuda" else None)
