@@ -8,16 +8,18 @@ export, latency benchmark and report.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from . import models, serialize
 from .data import load_data
+from .device import resolve
 from .distill import DistillConfig
 from .errors import UserError
+from .outdir import check, claim
 from .pipeline import CompressConfig, compress
-from .report import prepare_out
 from .search import EnvConfig, QmixConfig, SearchConfig
 from .train import TrainConfig, train
 
@@ -26,7 +28,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QMIXPRUNE_CACHE", Path.home() / ".cache" / "qmixprune"))
 
 
-def digits_teacher(seed: int, epochs: int, log=print):
+def digits_teacher(seed: int, epochs: int, log=print, device: torch.device | None = None):
     """A VGG-16 (width 0.5) trained on digits, from the cache when it was trained before."""
     data = load_data("digits", seed=seed)
     path = cache_dir() / f"vgg16-w0.5-digits-seed{seed}-e{epochs}-lr0.05.safetensors"
@@ -44,6 +46,7 @@ def digits_teacher(seed: int, epochs: int, log=print):
         TrainConfig(epochs=epochs, lr=0.05, seed=seed),
         hflip=False,
         on_epoch=lambda e, loss: log(f"  epoch {e + 1}/{epochs} loss {loss:.3f}"),
+        device=device,
     )
     serialize.save(model, path)
     return model, data
@@ -69,15 +72,20 @@ def demo_config(quick: bool, target_flops: float, seed: int) -> CompressConfig:
 def run_demo(args) -> int:
     if not 0 < args.target_flops < 1:
         raise UserError(f"--target-flops must be in (0, 1), got {args.target_flops}")
-    out = prepare_out(args.output, args.overwrite, resume=False)
+    device = resolve(getattr(args, "device", None))  # the run's one device decision
+    config = demo_config(args.quick, args.target_flops, args.seed)
+    amp = config.distill.amp and not getattr(args, "no_amp", False)
+    config = replace(config, device=str(device), distill=replace(config.distill, amp=amp))
+    check(args.output, args.overwrite, resume=False)
     log = (lambda *a: None) if args.quiet else print
-    teacher, data = digits_teacher(args.seed, epochs=6 if args.quick else 10, log=log)
-    compress(
-        teacher,
-        data,
-        config=demo_config(args.quick, args.target_flops, args.seed),
-        out=out,
-        quiet=args.quiet,
-    )
+    teacher, data = digits_teacher(args.seed, 6 if args.quick else 10, log, device)
+    with claim(args.output, args.overwrite, resume=False) as out:
+        compress(
+            teacher,
+            data,
+            config=config,
+            out=out,
+            quiet=args.quiet,
+        )
     log(f"wrote {out}/ (report.md, report.json, model.safetensors, model.onnx, plots)")
     return 0

@@ -33,8 +33,8 @@ OUTPUTS = (
     "model.safetensors",
     "model.onnx",
     "model.engine",
-    "model_int8.onnx",
-    "model_int8.engine",
+    "model.int8.onnx",
+    "model.int8.engine",
     "report.json",
     "report.md",
     "channels.png",
@@ -141,6 +141,36 @@ def remove_stale_temps(out: Path) -> list[str]:
     return removed
 
 
+def check_same_config(out: str | os.PathLike, name: str, config: dict) -> None:
+    """On ``--resume``: refuse a configuration other than the one OUT/``name`` records,
+    before anything (that file included) is rewritten."""
+    path = Path(out) / name
+    try:
+        old = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({exc}): start afresh with --overwrite") from exc
+    new = json.loads(json.dumps(config))
+    diff = _first_difference(old, new)
+    if diff is not None:
+        key, was, now = diff
+        raise UserError(
+            f"--resume: {out} was made with another configuration ({key}: {was!r} there, "
+            f"{now!r} now): rerun with the same options, or start afresh with --overwrite"
+        )
+
+
+def _first_difference(old, new, key: str = "") -> tuple[str, object, object] | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            d = _first_difference(old.get(k), new.get(k), f"{key}.{k}" if key else k)
+            if d is not None:
+                return d
+        return None
+    return None if old == new else (key, old, new)
+
+
 def check_file(path: str | os.PathLike, what: str = "output") -> Path:
     """Refuse, with one line, an output file path that cannot be written (a folder, a missing
     or read-only parent) before any work is done; creates nothing."""
@@ -161,7 +191,7 @@ def check_file(path: str | os.PathLike, what: str = "output") -> Path:
 def _check_writable(out: Path) -> None:
     existing = _nearest_existing(out)
     if not existing.is_dir():
-        raise UserError(f"cannot create {out}: {existing} is not a folder")
+        raise UserError(f"cannot write into {out}: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write into {out}: permission denied (choose another -o)")
 
