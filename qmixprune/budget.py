@@ -46,7 +46,7 @@ class CostModel:
             _Layer(
                 r.name,
                 r.macs,
-                segs(r.name, ("conv_in", "linear_in")),
+                segs(r.name, ("conv_in", "gconv_in", "linear_in")),
                 segs(r.name, ("conv_out", "linear_out", "dw")),
             )
             for r in layer_table(model, example_input)

@@ -79,6 +79,8 @@ def get_criterion(name_or_fn: str | Criterion) -> Criterion:
 def group_scores(model: nn.Module, groups: list[Group], criterion: str | Criterion):
     """Scores of every group; the filter criteria go through ONE native call for the whole
     model (``ops``), summed back per group."""
+    if not groups:
+        return {}
     if criterion in _BATCHED:
         rows = [filter_rows(model, g) for g in groups]
         flat = [r for rs in rows for r in rs]
@@ -99,13 +101,18 @@ def ranks(
     all_scores: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, list]:
     """For each group, its channel indices from most to least important (ties: lower index);
-    ``all_scores`` (from ``group_scores``) when the caller has them already."""
+    ``all_scores`` (from ``group_scores``) when the caller has them already. A grouped group
+    (``period`` blocks) ranks block positions by their scores summed over the blocks and
+    lists each position in every block in turn, so any prefix of a multiple of ``period``
+    keeps the same positions in every block."""
     out = {}
     if all_scores is None:
         all_scores = group_scores(model, groups, criterion)
     for g in groups:
-        scores = all_scores[g.name].tolist()
-        out[g.name] = sorted(range(g.channels), key=lambda i: (-scores[i], i))
+        block = g.channels // g.period
+        scores = all_scores[g.name].reshape(g.period, block).sum(0).tolist()
+        order = sorted(range(block), key=lambda i: (-scores[i], i))
+        out[g.name] = [b * block + i for i in order for b in range(g.period)]
     return out
 
 

@@ -7,6 +7,7 @@ sliced; nothing is masked.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn as nn
 
 from . import ops
 from .errors import UserError
-from .graph import Graph, analyze
+from .graph import Graph, Group, analyze
 from .importance import Criterion, ranks
 from .rounding import round_to_multiple
 
@@ -56,10 +57,11 @@ def make_plan(
     if round_to < 1 or min_channels < 1:
         raise UserError("round_to and min_channels must be >= 1")
     per_group = _ratios(graph, ratios)
-    counts = {
-        name: kept_count(graph.group(name).channels, r, round_to, min_channels)
-        for name, r in per_group.items()
-    }
+    counts = {}
+    for name, r in per_group.items():
+        g = graph.group(name)
+        multiple = math.lcm(round_to, g.period)
+        counts[name] = period_count(g, kept_count(g.channels, r, multiple, min_channels))
     return plan_for_counts(
         graph, counts, ranks(model, [graph.group(n) for n in counts], importance)
     )
@@ -69,7 +71,8 @@ def plan_for_counts(
     graph: Graph, counts: dict[str, int], ranking: dict[str, list[int]] | None = None
 ) -> Plan:
     """Keep ``counts[group]`` channels of each group: the first ones of ``ranking[group]``
-    (most important first), or simply the first ones (to rebuild a saved shape)."""
+    (most important first), or simply the first ones (to rebuild a saved shape). A grouped
+    group keeps a multiple of its period (``period_count``)."""
     keep = {}
     for name, k in counts.items():
         g = graph.group(name)
@@ -77,10 +80,43 @@ def plan_for_counts(
             raise UserError(f"group {name} cannot be pruned: {g.reason}")
         if not 1 <= k <= g.channels:
             raise UserError(f"group {name} cannot keep {k} of its {g.channels} channels")
+        k = period_count(g, k)
         if k < g.channels:
-            order = ranking[name] if ranking is not None else range(g.channels)
+            order = ranking[name] if ranking is not None else _periodic_order(g)
             keep[name] = tuple(sorted(order[:k]))
     return Plan(keep)
+
+
+def period_count(group: Group, k: int) -> int:
+    """``k`` rounded to a multiple of the group's period (grouped convs keep the same
+    positions in each of ``period`` blocks): nearest, never below one per block."""
+    if k % group.period == 0:
+        return k
+    return min(group.channels, round_to_multiple(k, group.period))
+
+
+def _periodic_order(group: Group) -> list[int]:
+    """Channel order whose every prefix of a multiple of ``period`` channels keeps the same
+    positions in every block: position 0 of each block, then position 1, ..."""
+    block = group.channels // group.period
+    return [b * block + i for i in range(block) for b in range(group.period)]
+
+
+def _check_periods(graph: Graph, plan: Plan) -> None:
+    for name, kept in plan.keep.items():
+        g = graph.group(name)
+        if g.period == 1:
+            continue
+        block = g.channels // g.period
+        ok = len(kept) % g.period == 0
+        if ok:  # kept is sorted: row b holds block b's channels
+            idx = torch.tensor(kept, dtype=torch.long).reshape(g.period, -1)
+            ok = torch.equal(idx, idx[0] + block * torch.arange(g.period)[:, None])
+        if not ok:
+            raise UserError(
+                f"group {name} feeds grouped convs: its kept channels must be the same positions "
+                f"in each of its {g.period} blocks of {block}"
+            )
 
 
 def _ratios(graph: Graph, ratios: float | dict[str, float]) -> dict[str, float]:
@@ -124,6 +160,7 @@ def plan_cuts(model: nn.Module, graph: Graph, plan: Plan):
     """What removing ``plan`` cuts: ``(keys, tensors, rows, cols, sizes)`` where ``keys[i]``
     is (module, tensor name) of ``tensors[i]``, kept along dim 0 by ``rows[i]`` and dim 1 by
     ``cols[i]`` (None: all), and ``sizes`` the new size attributes per module."""
+    _check_periods(graph, plan)
     modules = dict(model.named_modules())
     cuts: dict[tuple[str, str], list] = {}
     sizes: dict[str, dict[str, int]] = {}
@@ -132,6 +169,10 @@ def plan_cuts(model: nn.Module, graph: Graph, plan: Plan):
         if idx is None:
             continue
         m = modules[slot.module]
+        if slot.kind == "gconv_in":  # every block keeps these positions (_check_periods)
+            cuts.setdefault((slot.module, "weight"), [None, None])[1] = idx[: len(idx) // m.groups]
+            sizes.setdefault(slot.module, {})["in_channels"] = len(idx)
+            continue
         for name, dim in _TENSORS[slot.kind]:
             if getattr(m, name, None) is not None:
                 cuts.setdefault((slot.module, name), [None, None])[dim] = idx

@@ -17,9 +17,11 @@ def test_mixed_model_groups():
     assert stem.prunable and stem.channels == 8
     assert g.group("se1").prunable and g.group("se1").channels == 4
     # the concat feeds a depthwise conv and then a grouped conv: left alone
-    for name in ("left", "right", "grouped"):
+    for name in ("left", "right"):
         assert not g.group(name).prunable
         assert "grouped conv" in g.group(name).reason
+    # the grouped conv's own outputs prune in equal blocks (one per group)
+    assert g.group("grouped").prunable and g.group("grouped").period == 2
     assert "dw" in g.group("left").modules
     # flatten -> Linear: each channel of `last` spreads over 2x2 positions
     last = g.group("last")

@@ -63,6 +63,7 @@ class _Analyzer:
         self.sizes: list[int] = []
         self.parent: list[int] = []
         self.blocked: dict[int, str] = {}
+        self.period: dict[int, int] = {}  # root space -> blocks that keep equal positions
         self.slots: dict[tuple[str, str], Slot] = {}
         self.layouts: dict[fx.Node, Layout | None] = {}
         self.warnings: list[str] = []
@@ -91,7 +92,15 @@ class _Analyzer:
         reason = self.blocked.pop(rb, "") or self.blocked.get(ra, "")
         if reason:
             self.blocked[ra] = reason
+        period = math.lcm(self.period.pop(rb, 1), self.period.get(ra, 1))
+        if period > 1:
+            self.period[ra] = period
         return True
+
+    def set_period(self, space: int, groups: int) -> None:
+        """The channels of ``space`` feed or leave a conv of ``groups`` groups."""
+        root = self.find(space)
+        self.period[root] = math.lcm(self.period.get(root, 1), groups)
 
     def block(self, layout: Layout | None, reason: str, warn: bool = True) -> None:
         if layout is None:
@@ -326,10 +335,18 @@ class _Analyzer:
                 return None
             self.add_slot(name, "dw", inp.segs)
             return Layout(1, len(out_shape), inp.segs)
-        reason = f"module {name} (grouped conv, groups={mod.groups})"
-        self.block(inp, reason, warn=False)
+        # A grouped conv: block i of the inputs feeds only block i of the outputs. Keeping the
+        # same positions in every block of each side (as Torch-Pruning does) leaves a dense
+        # grouped conv with the same groups, in and out channels pruned independently.
+        if inp is not None:
+            if len(inp.segs) == 1 and inp.segs[0].expand == 1:
+                self.add_slot(name, "gconv_in", inp.segs)
+                self.set_period(inp.segs[0].space, mod.groups)
+            else:
+                reason = f"module {name} (grouped conv over concatenated channels)"
+                self.block(inp, reason, warn=False)
         out = self.produce(name, "conv_out", mod.out_channels, 1, out_shape)
-        self.block(out, reason, warn=False)
+        self.set_period(out.segs[0].space, mod.groups)
         return out
 
     def produce(self, name: str, kind: str, size: int, axis: int, out_shape) -> Layout:
@@ -359,7 +376,12 @@ class _Analyzer:
             used.add(name)
             spaces = tuple(i for i in range(len(self.parent)) if self.find(i) == root)
             reason = self.blocked.get(root, "")
-            groups.append(Group(name, self.sizes[root], spaces, tuple(its), not reason, reason))
+            period = self.period.get(root, 1)
+            if not reason and period == self.sizes[root]:
+                reason = "grouped convs leave one channel per group"
+            groups.append(
+                Group(name, self.sizes[root], spaces, tuple(its), not reason, reason, period)
+            )
         return Graph(groups, list(self.sizes), slots, input_shape, list(self.warnings))
 
 

@@ -10,6 +10,7 @@ SLOT_TEXT = {
     "conv_out": "out-channels of conv",
     "conv_in": "in-channels of conv",
     "dw": "channels of depthwise conv",
+    "gconv_in": "in-channels of grouped conv",
     "linear_out": "out-features of linear",
     "linear_in": "in-features of linear",
     "bn": "batchnorm",
@@ -49,6 +50,9 @@ class Group:
     slots: tuple[Slot, ...]
     prunable: bool
     reason: str = ""
+    # Grouped convs split the channels into ``period`` equal blocks that must keep the same
+    # positions (so the conv keeps its groups): counts are multiples of ``period``.
+    period: int = 1
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -59,6 +63,8 @@ class Group:
         head = f"{self.name} [{self.channels} ch]"
         if not self.prunable:
             head += f" (not prunable: {self.reason})"
+        elif self.period > 1:
+            head += f" (grouped: the same channels of each of {self.period} blocks)"
         return head + ": " + " => ".join(str(s) for s in self.slots)
 
 
