@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().print_help()
         return EXIT_USAGE
     try:
+        _check_output_file(args)
         return _COMMANDS[args.command](args)
     except UserError as exc:
         if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0's line, alone
@@ -312,6 +313,17 @@ def main(argv: list[str] | None = None) -> int:
             msg = "interrupted; nothing half-written was kept"
         print(f"qmixprune: {msg}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _check_output_file(args) -> None:
+    """A file output that cannot be written (a folder, a read-only place) is refused before
+    any work; output folders are checked by outdir.check."""
+    from .outdir import check_file
+
+    if args.command in ("prune", "export", "profile"):
+        check_file(args.output)
+    elif args.command == "bench" and getattr(args, "json", None):
+        check_file(args.json, "--json")
 
 
 def _load(args):
@@ -359,10 +371,22 @@ def _analyze(args) -> int:
 
 
 def _count(args) -> int:
+    import torch
+
     from .flops import format_table, layer_table
 
     model, x = _load(args)
     print(f"input {'x'.join(map(str, x.shape))} (--input-size to change)")
+    if isinstance(model, torch.jit.ScriptModule):  # hooks do not fire: count its ops instead
+        from .flops import op_macs
+
+        ops = op_macs(model, x)
+        print("TorchScript: MACs per op (per-layer rows need the module itself)")
+        for op, n in sorted(ops.items(), key=lambda kv: -kv[1]):
+            print(f"  {op:<24} {n:>14,}")
+        params = sum(p.numel() for p in model.parameters())
+        print(f"total {sum(ops.values()):,} MACs; params {params:,}")
+        return EXIT_OK
     print(format_table(layer_table(model, x), sum(p.numel() for p in model.parameters())))
     return EXIT_OK
 

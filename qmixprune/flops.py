@@ -64,6 +64,19 @@ def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     return macs, sum(p.numel() for p in model.parameters())
 
 
+def op_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """MACs per aten op for one sample, counted by running the model under PyTorch's
+    FLOP counter: it sees through TorchScript, where forward hooks (``layer_table``) do not
+    fire. Convolutions and matrix products; half the FLOPs the counter reports."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(example_input)
+    batch = example_input.shape[0]
+    ops = counter.get_flop_counts().get("Global", {})
+    return {str(op).removeprefix("aten."): int(n) // 2 // batch for op, n in ops.items()}
+
+
 def format_table(rows: list[LayerCount]) -> str:
     """A plain-text table of :func:`layer_table` rows with each layer's share of the MACs."""
     total = sum(r.macs for r in rows) or 1
