@@ -244,6 +244,12 @@ def parser() -> argparse.ArgumentParser:
         help="also build a TensorRT engine (needs tensorrt and a GPU; int8 implies --int8)",
     )
     ex.add_argument(
+        "--trt-batch",
+        default="1,8,32",
+        metavar="MIN,OPT,MAX",
+        help="the engine's batch profile (default 1,8,32)",
+    )
+    ex.add_argument(
         "--data",
         "--calib-data",
         dest="data",
@@ -282,6 +288,20 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="makes the run repeatable")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output")
     d.add_argument("--quiet", action="store_true", help="no progress display")
+    for name in ("prune", "search", "compress", "profile", "demo"):
+        sub.choices[name].add_argument(
+            "--device",
+            metavar="auto|cpu|cuda|cuda:N",
+            help="where torch runs (default auto: the local GPU when one is visible, under "
+            "torchrun cuda:$LOCAL_RANK, else the CPU)",
+        )
+    for name in ("compress", "demo"):
+        sub.choices[name].add_argument(
+            "--no-amp",
+            action="store_true",
+            help="full-precision fine-tuning on CUDA (default: bf16 autocast, or fp16 with a "
+            "GradScaler on GPUs without bf16; the CPU always runs fp32)",
+        )
     for sp in sub.choices.values():
         sp.formatter_class = HelpFormatter
     return p
@@ -394,13 +414,16 @@ def _count(args) -> int:
 def _prune(args) -> int:
     from . import serialize
     from .budget import Budget, CostModel, uniform_counts
+    from .device import resolve
     from .errors import UserError
     from .flops import count
     from .graph import analyze
     from .importance import ranks
     from .pruning import apply_plan, make_plan, plan_for_counts
 
+    device = resolve(args.device)
     model, x = _load(args)
+    model, x = model.to(device), x.to(device)  # ranking and removal where the model runs
     graph = analyze(model, x)
     if args.ratio is not None:
         plan = make_plan(
@@ -447,19 +470,23 @@ def search_config(args):
 
 
 def _search(args) -> int:
+    from .device import resolve
     from .pipeline import run_search
 
     cfg = search_config(args)
     if args.target_latency is not None and args.target_flops is None:
         cfg = replace(cfg, env=replace(cfg.env, target_flops=None))  # latency alone
     cfg.env.validate()
+    device = resolve(args.device)  # the run's one device decision, before any work
+    args.device = str(device)
     table = _latency_table(args)
     _check_out(args, "search_config.json", cfg)
     model, _ = _load(args)
+    model.to(device)
     data = _load_data(args, cfg.seed)
     _check_run(model, data, table)
     with _owned_out(args) as out:
-        result, _ = run_search(model, data, cfg, out, args.resume, args.quiet, table)
+        result, _ = run_search(model, data, cfg, out, args.resume, args.quiet, table, device=device)
     if not args.quiet:
         print(
             f"best val reward {result.reward:.4f} at {result.macs_ratio:.4f} of the MACs after "
@@ -489,7 +516,8 @@ def compress_config(args):
                 "min_channels": args.min_channels,
             },
         },
-        "distill": {"epochs": args.epochs},
+        "distill": {"epochs": args.epochs, "amp": False if args.no_amp else None},
+        "device": args.device,
         "allow_untrained": True if args.allow_untrained else None,
         "keep_checkpoints": True if args.keep_checkpoints else None,
     }
@@ -521,6 +549,7 @@ def _check_teacher(model, data) -> None:
 
 
 def _compress(args) -> int:
+    from .device import resolve
     from .pipeline import compress
 
     cfg = compress_config(args)
@@ -530,9 +559,13 @@ def _compress(args) -> int:
         cfg = replace(cfg, target_latency=args.target_latency)
     cfg.resolved().search.env.validate()
     cfg.distill.validate()
+    device = resolve(cfg.device)  # the run's one device decision, before any work
+    cfg = replace(cfg, device=str(device))
+    args.device = cfg.device  # torchrun's group joins on it (NCCL or gloo)
     table = _latency_table(args)
     _check_out(args, "config.json", cfg.resolved())
     model, _ = _load(args)
+    model.to(device)
     data = _load_data(args, cfg.seed)
     _check_run(model, data, table, cfg.distill.batch_size)
     if not cfg.allow_untrained:
@@ -593,7 +626,7 @@ def _owned_out(args):
     from .distributed import barrier, init, is_main
     from .outdir import claim
 
-    init()
+    init(getattr(args, "device", None))  # NCCL on a GPU device, gloo on the CPU
     owner = claim(args.output, args.overwrite, args.resume) if is_main() else None
     with owner or contextlib.nullcontext(Path(args.output)) as out:
         barrier()
@@ -612,10 +645,13 @@ def _latency_table(args) -> dict | None:
 
 def _profile(args) -> int:
     from .budget import CostModel
+    from .device import resolve
     from .graph import analyze
     from .latency import profile, save_table
 
+    device = resolve(args.device)
     model, x = _load(args)
+    model, x = model.to(device), x.to(device)  # the torch side (tracing, pruned copies, export)
     cost = CostModel(model, analyze(model, x), x)
     print(f"profiling {len(cost.layers)} layers on {args.provider} ...")
     table = profile(
@@ -652,6 +688,7 @@ def _export(args) -> int:
         raise UserError("--calib-batches and --fixed-batch must be >= 1")
     if args.tensorrt and args.fixed_batch:
         raise UserError("TensorRT engines need a free batch axis: drop --fixed-batch")
+    profile = trt_engine.BatchProfile.parse(args.trt_batch) if args.tensorrt else None
     model, x = _load(args)
     if args.fixed_batch:
         x = x.repeat(args.fixed_batch, *[1] * (x.dim() - 1))
@@ -687,7 +724,7 @@ def _export(args) -> int:
         print(res.summary())
     if args.tensorrt:
         engine = trt_engine.build_engine(
-            res.path, Path(res.path).with_suffix(".engine"), args.tensorrt
+            res.path, Path(res.path).with_suffix(".engine"), args.tensorrt, profile
         )
         print(f"wrote {engine} (TensorRT {args.tensorrt})")
     return EXIT_OK

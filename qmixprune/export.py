@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import warnings
@@ -48,7 +49,11 @@ def export_onnx(
         ) from exc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval().cpu()
+    if any(t.device.type != "cpu" for t in model.parameters()):
+        # the export and its ONNX Runtime parity check run on the CPU; the caller's model
+        # stays on its device (a copy moves)
+        model = copy.deepcopy(model).cpu()
+    model, example_input = model.eval(), example_input.cpu()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
     os.close(fd)
     try:

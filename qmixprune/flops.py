@@ -27,6 +27,9 @@ def layer_table(model: nn.Module, example_input: torch.Tensor) -> list[LayerCoun
     """One row per Conv/Linear call, in execution order (a module called twice: two rows)."""
     rows: list[LayerCount] = []
     batch = example_input.shape[0]
+    param = next(model.parameters(), None)
+    if param is not None:  # counted where the model is (a GPU model, a CPU example)
+        example_input = example_input.to(param.device)
 
     def hook(name):
         def fn(mod, inputs, output):
@@ -77,8 +80,12 @@ def op_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     return {str(op).removeprefix("aten."): int(n) // 2 // batch for op, n in ops.items()}
 
 
-def format_table(rows: list[LayerCount]) -> str:
-    """A plain-text table of :func:`layer_table` rows with each layer's share of the MACs."""
+def format_table(rows: list[LayerCount], total_params: int | None = None) -> str:
+    """A plain-text table of :func:`layer_table` rows with each layer's share of the MACs.
+
+    A row's params are its layer's own (weight and bias); with ``total_params`` (every
+    parameter of the model) a row gives the rest (BatchNorm, norms, embeddings), so that the
+    params column adds up to the total."""
     total = sum(r.macs for r in rows) or 1
     lines = [f"{'layer':<32} {'type':<8} {'output':<16} {'MACs':>12} {'share':>6} {'params':>10}"]
     for r in rows:
@@ -87,5 +94,12 @@ def format_table(rows: list[LayerCount]) -> str:
             f"{r.name:<32} {r.kind:<8} {shape:<16} {r.macs:>12,} {r.macs / total:>6.1%} "
             f"{r.params:>10,}"
         )
-    lines.append(f"{'total':<57} {total:>12,}")
+    if total_params is None:
+        lines.append(f"{'total':<57} {total:>12,}")
+        return "\n".join(lines)
+    # a layer called twice has two rows but one set of weights
+    own = sum({r.name: r.params for r in rows}.values())
+    rest = total_params - own
+    lines.append(f"{'other (BatchNorm, norms, ...)':<57} {0:>12,} {'':>6} {rest:>10,}")
+    lines.append(f"{'total':<57} {total:>12,} {'':>6} {total_params:>10,}")
     return "\n".join(lines)

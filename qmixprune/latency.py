@@ -38,11 +38,11 @@ def _onnx_session(module: nn.Module, shape, provider: str, threads):
     import tempfile
 
     buf = io.BytesIO()
+    param = next(module.parameters(), None)  # traced where the module is (--device)
+    x = torch.randn(*shape, device=param.device if param is not None else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(), (torch.randn(*shape),), buf, dynamo=False, input_names=["input"]
-        )
+        torch.onnx.export(module.eval(), (x,), buf, dynamo=False, input_names=["input"])
     with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
         f.write(buf.getvalue())
         f.flush()

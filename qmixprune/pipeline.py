@@ -15,6 +15,7 @@ import torch.nn as nn
 from .bench import bench
 from .config import as_dict
 from .data import DataSplits
+from .device import resolve
 from .distill import DistillConfig, distill
 from .distributed import is_main
 from .errors import UserError
@@ -51,12 +52,20 @@ def run_search(
     *,
     score: Callable[[nn.Module], float] | None = None,
     calib: Iterable | None = None,
+    device: torch.device | None = None,
 ) -> tuple[SearchResult, PruningEnv]:
     """QMIX search on ``model``; with ``out``: plan.json, search_log.jsonl, reward_curve.png,
     search_config.json and a checkpoint to resume from. Returns the result and the
     environment (its graph and importance ranking turn the result into a plan)."""
     env = build_env(
-        model, data, cfg.env, seed=cfg.seed, latency_table=latency_table, score=score, calib=calib
+        model,
+        data,
+        cfg.env,
+        seed=cfg.seed,
+        latency_table=latency_table,
+        score=score,
+        calib=calib,
+        device=device,
     )
     if out is not None and is_main():
         if resume:  # refuse another configuration before rewriting the record of this one
@@ -98,6 +107,7 @@ class CompressConfig:
     bench_runs: int = 50  # timed runs per model and batch size for the report's latency
     allow_untrained: bool = False  # go on when the teacher's test accuracy is at chance level
     keep_checkpoints: bool = False  # keep the search/distillation checkpoints after success
+    device: str = "auto"  # auto (the local GPU when one is visible, else cpu), cpu, cuda, cuda:N
 
     def resolved(self) -> CompressConfig:
         """The config with the top-level target, seed and importance pushed into the stages."""
@@ -127,6 +137,7 @@ class Result:
     versions: dict
     input: dict | None = None  # shape, mean, std the model was fed (and where they come from)
     int8: dict | None = None  # the INT8 model's check: accuracies (ONNX Runtime), agreement
+    device: str | None = None  # where the search, fine-tuning and evaluation ran (torch)
     model: nn.Module | None = None
     out: Path | None = None
 
@@ -164,6 +175,7 @@ def compress(
         cfg = replace(cfg, target_flops=target_flops)
     cfg = cfg.resolved()
     cfg.search.env.validate()
+    device = resolve(cfg.device)  # the run's one device decision; every stage below gets it
     log = (lambda *a: None) if quiet else print
     out = Path(out) if out is not None else None
     if out is not None and is_main():
@@ -186,8 +198,9 @@ def compress(
     def score(m: nn.Module) -> float:
         return float(evaluate(m)) if evaluate is not None else accuracy(m, data.test)
 
-    teacher = model.eval()
-    x = torch.zeros(1, *(data.input_shape if data is not None else _first_input(calib).shape[1:]))
+    teacher = model.to(device).eval()
+    shape = data.input_shape if data is not None else _first_input(calib).shape[1:]
+    x = torch.zeros(1, *shape, device=device)
     inputs = _input_info(data) if data is not None else {"shape": list(x.shape[1:])}
     log(f"input: {describe_input(inputs)}")
     (macs0, params0), acc0 = count(teacher, x), score(teacher)
@@ -196,7 +209,16 @@ def compress(
         check_teacher(acc0, data.num_classes, len(data.test))
 
     found, env = run_search(
-        teacher, data, cfg.search, out, resume, quiet, latency_table, score=evaluate, calib=calib
+        teacher,
+        data,
+        cfg.search,
+        out,
+        resume,
+        quiet,
+        latency_table,
+        score=evaluate,
+        calib=calib,
+        device=device,
     )
     graph = env.graph  # the search's own analysis and importance ranking serve the pruning
     plan = plan_for_counts(graph, found.counts, env.ranking)
@@ -210,18 +232,21 @@ def compress(
         f"distilling {cfg.distill.epochs} epochs"
     )
 
+    history: list[dict] = []  # without data= there is nothing to fine-tune on (epochs 0)
     with progress(cfg.distill.epochs, "distill", quiet) as update:
-        student, history = distill(
-            student,
-            teacher,
-            data,
-            cfg.distill,
-            out,
-            resume,
-            on_epoch=lambda e: update(1, f"val {e['val_acc']:.4f}"),
-            train_step=train_step,
-            evaluate=evaluate,
-        )
+        if data is not None:
+            student, history = distill(
+                student,
+                teacher,
+                data,
+                cfg.distill,
+                out,
+                resume,
+                on_epoch=lambda e: update(1, f"val {e['val_acc']:.4f}"),
+                train_step=train_step,
+                evaluate=evaluate,
+                device=device,
+            )
     if out is not None and is_main():  # first thing after fine-tuning: nothing later loses it
         save(student, out / "model.safetensors")
         log(f"saved the pruned model to {out / 'model.safetensors'}")
@@ -251,12 +276,13 @@ def compress(
         seed=cfg.seed,
         versions=_versions(),
         input=inputs,
+        device=str(device),
         model=student,
     )
     if out is not None and is_main():
         # time the result as the latency table was measured, when there is one
         threads = latency_table.get("threads") if latency_table else None
-        _write_outputs(result, teacher, cfg, out, x, log, threads, data)
+        _write_outputs(result, teacher, cfg, out, x.cpu(), log, threads, data)
     log(
         f"pruned: {macs1:,} MACs ({macs1 / macs0:.3f}), {params1:,} params, "
         f"{metric.replace('_', ' ')} {acc1:.4f} ({acc1 - acc0:+.4f})"

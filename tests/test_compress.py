@@ -16,6 +16,7 @@ SMALL = CompressConfig(
     search=SearchConfig(episodes=3, env=EnvConfig(reward_batches=1, calib_batches=1)),
     distill=DistillConfig(epochs=1, batch_size=128),
     bench_runs=2,
+    allow_untrained=True,  # an untrained model: these tests check the mechanics
 )
 
 
@@ -52,6 +53,7 @@ def test_python_api_result_and_outputs(tmp_path, model_file):
     assert {"macs", "params", "test_acc"} <= set(rep["original"])
     assert rep["latency"]["results"][1]["model"] == "pruned"
     assert rep["versions"]["backend"] in ("native", "reference")
+    assert rep["device"] == "cpu" == str(next(res.model.parameters()).device)
     loaded = q.load(out / "model.safetensors")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), res.model.eval()(x))
@@ -70,6 +72,7 @@ def _argv(model_file, out, *extra):
         "1",
         "--no-export",
         "--quiet",
+        "--allow-untrained",
         "-o",
         str(out),
         *extra,

@@ -73,3 +73,32 @@ def test_module_device():
     assert dv.module_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
     assert dv.module_device(torch.nn.ReLU()) == torch.device("cpu")
     assert dv.module_device(torch.nn.Linear(2, 2, device="meta")).type == "meta"
+
+
+@pytest.mark.parametrize("command", ["prune", "search", "compress", "profile", "demo"])
+def test_cli_cuda_without_gpu_exits_2_before_work(monkeypatch, tmp_path, capsys, command):
+    from qmixprune.cli import main
+
+    _gpus(monkeypatch, 0)
+    out = tmp_path / "out"
+    args = {
+        "prune": ["prune", "vgg16", "--ratio", "0.5", "-o", str(out)],
+        "search": ["search", "vgg16", "-o", str(out)],
+        "compress": ["compress", "vgg16", "-o", str(out)],
+        "profile": ["profile", "vgg16", "-o", str(out)],
+        "demo": ["demo", "-o", str(out)],
+    }[command]
+    assert main([*args, "--device", "cuda:1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--device cuda:1" in err and "--device cpu" in err
+    assert not out.exists()  # refused before any work or any write
+
+
+def test_cli_prune_on_the_cpu_device(tmp_path, capsys):
+    from qmixprune.cli import main
+
+    out = tmp_path / "p.safetensors"
+    rc = main(
+        ["prune", "vgg16", "--width", "0.125", "--ratio", "0.5", "-o", str(out), "--device", "cpu"]
+    )
+    assert rc == 0 and out.is_file()
