@@ -186,7 +186,8 @@ def paired_speedup(base: list[np.ndarray], other: list[np.ndarray]) -> float:
 
 
 def _bench_engines(models, batches, runs, warmup) -> dict:
-    """TensorRT engine files, timed with TensorRT's runtime (needs torch with CUDA)."""
+    """TensorRT engine files, timed by trtexec or TensorRT's runtime (no torch); each row
+    gives the batch that was run, inside the engine's profile."""
     from .trt_engine import time_engine
 
     if not all(Path(m).suffix in ENGINE_SUFFIXES for m in models):

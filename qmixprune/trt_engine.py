@@ -1,14 +1,33 @@
-"""TensorRT engines from ONNX: build (FP32, FP16, INT8 with calibration data), save, time.
+"""TensorRT engines from ONNX: build and time, through ``trtexec`` when it is on PATH.
 
-Written against TensorRT 10's Python API (named I/O tensors, ``execute_async_v3``).
-Device buffers come from PyTorch's CUDA allocator, so timing an engine needs torch with
-CUDA; building needs only ``tensorrt``. Without TensorRT every entry point raises a
-UserError naming the extra to install.
+An engine is always built from an ONNX model with a free batch axis, with one optimisation
+profile (min/opt/max batch); timing runs a batch inside that profile and reports the batch it
+ran. Precision follows the ONNX model where the TensorRT has strongly typed networks (10.x
+opt-in, 11.x always): INT8 is explicit quantization from the Q/DQ model of
+``qmixprune export --int8`` (the implicit INT8 calibrator is deprecated since 10.1 and gone in
+11); FP16 is a float16 ONNX (``export --fp16``), or the FP16 builder flag on versions that
+still have it. Engines are rebuilt only when the ONNX file's content or the settings change
+(a ``.json`` sidecar holds the key and the profile).
+
+Tools, in order: ``trtexec`` (JetPack and the TensorRT packages ship it; its figures are
+parsed), else TensorRT's Python API for building and our own loop for timing, with device
+buffers from polygraphy's CUDA wrapper, never torch. Written against the documented TensorRT
+10/11 APIs and trtexec's output format; not run here (no GPU): the tests cover argument
+handling, ONNX preparation and parsing of a synthetic trtexec log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,157 +39,426 @@ INSTALL_HINT = (
     "NVIDIA GPU, or use JetPack's TensorRT on a Jetson"
 )
 PRECISIONS = ("fp32", "fp16", "int8")
+TESTED_MAJORS = (10, 11)  # the [tensorrt] extra pins the same range
 
 
 def available() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """TensorRT's Python package or trtexec is here."""
+    return _trtexec() is not None or _import_trt() is not None
 
 
-def _trt():
+def _import_trt():
     try:
         import tensorrt as trt
-    except ImportError as exc:
-        raise UserError(INSTALL_HINT) from exc
+    except ImportError:
+        return None
     return trt
 
 
-def calibration_batches(data: Iterable, batch: int, limit: int = 16) -> list[np.ndarray]:
-    """Float32 input batches for INT8 calibration, drawn from a data set of (x, y) pairs."""
-    out, current = [], []
-    for x, _ in data:
-        current.append(np.asarray(x, dtype=np.float32))
-        if len(current) == batch:
-            out.append(np.stack(current))
-            current = []
-            if len(out) >= limit:
-                break
-    if not out:
-        raise UserError(f"INT8 calibration needs at least {batch} samples")
+def _trt():
+    trt = _import_trt()
+    if trt is None:
+        raise UserError(INSTALL_HINT)
+    major = int(str(trt.__version__).split(".")[0])
+    if major not in TESTED_MAJORS:
+        warnings.warn(
+            f"TensorRT {trt.__version__} is outside the tested majors {TESTED_MAJORS}",
+            stacklevel=2,
+        )
+    return trt
+
+
+def _trtexec() -> str | None:
+    return shutil.which("trtexec")
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The engine's optimisation profile over the batch axis."""
+
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise UserError(
+                f"a batch profile needs 1 <= min <= opt <= max, got {self.min},{self.opt},"
+                f"{self.max}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        try:
+            low, opt, high = (int(v) for v in text.split(","))
+        except ValueError:
+            raise UserError(f"a batch profile is MIN,OPT,MAX (e.g. 1,8,32), got {text!r}") from None
+        return cls(low, opt, high)
+
+    def check(self, batch: int) -> None:
+        if not self.min <= batch <= self.max:
+            raise UserError(
+                f"batch {batch} is outside the engine's profile ({self.min}..{self.max}): "
+                "time a batch inside it, or rebuild with --trt-batch MIN,OPT,MAX"
+            )
+
+
+@dataclass(frozen=True)
+class OnnxInput:
+    """What the build needs to know of the ONNX model."""
+
+    name: str
+    shape: tuple  # the batch axis first (a name), then fixed sizes
+    quantized: bool  # has Q/DQ nodes: explicit INT8 quantization
+    fp16: bool  # float16 input: a float16 model
+
+
+def inspect_onnx(path: str | Path) -> OnnxInput:
+    """The model's single input, checked: a free batch axis and fixed other dimensions."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UserError(f"{path} is not an ONNX model: {str(exc).splitlines()[0]}") from exc
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise UserError(f"engines are built for models with one input; {path} has {len(inputs)}")
+    tt = inputs[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+    if not dims or isinstance(dims[0], int):
+        raise UserError(
+            f"{path} has a fixed batch of {dims[0] if dims else '?'}: TensorRT engines are built "
+            "from a free batch axis (export without --fixed-batch)"
+        )
+    if not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        raise UserError(f"{path}'s input {dims} has free dimensions other than the batch")
+    ops = {n.op_type for n in proto.graph.node}
+    return OnnxInput(
+        inputs[0].name,
+        tuple(dims),
+        bool(ops & {"QuantizeLinear", "DequantizeLinear"}),
+        tt.elem_type == onnx.TensorProto.FLOAT16,
+    )
+
+
+def build_settings(info: OnnxInput, precision: str, has_fp16_flag: bool) -> dict:
+    """How to build ``precision`` from this ONNX: a strongly typed network (types from the
+    model) or builder flags, on a TensorRT with (``has_fp16_flag``) or without them."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8":
+        if not info.quantized:
+            raise UserError(
+                "TensorRT INT8 is explicit quantization: build from the Q/DQ model that "
+                "`qmixprune export --int8` writes"
+            )
+        return {"strongly_typed": True, "flags": []}
+    if info.quantized:
+        raise UserError("a Q/DQ (INT8) model builds an INT8 engine: use --tensorrt int8")
+    if precision == "fp16" and not info.fp16:
+        if not has_fp16_flag:
+            raise UserError(
+                "this TensorRT has no FP16 builder flag (strongly typed networks only): "
+                "export a float16 model (--fp16) and build that"
+            )
+        return {"strongly_typed": False, "flags": ["FP16"]}
+    if precision == "fp32" and info.fp16:
+        raise UserError("a float16 model builds an FP16 engine: use --tensorrt fp16")
+    return {"strongly_typed": True, "flags": []}
+
+
+def content_key(onnx_path: str | Path, precision: str, profile: BatchProfile, tool: str) -> str:
+    """Hash of the model's bytes and the build settings: what an engine is reused for."""
+    h = hashlib.sha256(Path(onnx_path).read_bytes())
+    h.update(json.dumps([precision, [profile.min, profile.opt, profile.max], tool]).encode())
+    return h.hexdigest()
+
+
+def _shape(info: OnnxInput, batch: int) -> str:
+    return "x".join(str(d) for d in (batch, *info.shape[1:]))
+
+
+def trtexec_build_args(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    info: OnnxInput,
+    profile: BatchProfile,
+    settings: dict,
+    workspace_mb: int = 1024,
+) -> list[str]:
+    """trtexec's command line for building (and saving) the engine."""
+    args = [
+        "trtexec",
+        f"--onnx={onnx_path}",
+        f"--saveEngine={engine_path}",
+        f"--minShapes={info.name}:{_shape(info, profile.min)}",
+        f"--optShapes={info.name}:{_shape(info, profile.opt)}",
+        f"--maxShapes={info.name}:{_shape(info, profile.max)}",
+        f"--memPoolSize=workspace:{workspace_mb}M",
+        "--skipInference",
+    ]
+    if settings["strongly_typed"]:
+        args.append("--stronglyTyped")
+    args += [f"--{flag.lower()}" for flag in settings["flags"]]
+    return args
+
+
+def trtexec_time_args(
+    engine_path: str | Path, name: str, shape: tuple, batch: int, runs: int, warmup_ms: int
+) -> list[str]:
+    """trtexec's command line for timing ``runs`` inferences of a batch of ``batch``."""
+    dims = "x".join(str(d) for d in (batch, *shape[1:]))
+    return [
+        "trtexec",
+        f"--loadEngine={engine_path}",
+        f"--shapes={name}:{dims}",
+        f"--iterations={runs}",
+        f"--warmUp={warmup_ms}",
+        "--duration=0",  # stop after the iterations, not after a time
+        "--noDataTransfers",  # GPU time of the network, as for ONNX Runtime on its device
+    ]
+
+
+_STAT = r"min = ([\d.]+) ms, max = ([\d.]+) ms, mean = ([\d.]+) ms, median = ([\d.]+) ms"
+_PCT = r"percentile\((\d+)%\) = ([\d.]+) ms"
+
+
+def parse_trtexec(log: str) -> dict:
+    """trtexec's performance summary: throughput (queries/s), the inference shape it ran, and
+    min/max/mean/median/percentiles (ms) of Latency and GPU Compute Time."""
+    out: dict = {}
+    shape = re.search(r"Input inference shapes?\s*:\s*([^=\s]+)=([\dx]+)", log)
+    if shape:
+        out["input"] = shape.group(1)
+        out["shape"] = [int(d) for d in shape.group(2).split("x")]
+    qps = re.search(r"Throughput:\s*([\d.]+)\s*qps", log)
+    for key, label in (("latency", "Latency"), ("gpu_compute", "GPU Compute Time")):
+        m = re.search(rf"\]\s*{label}: {_STAT}((?:, {_PCT})*)", log)
+        if m:
+            stat = dict(zip(("min", "max", "mean", "median"), map(float, m.groups()[:4])))
+            stat.update({f"p{p}": float(v) for p, v in re.findall(_PCT, m.group(5))})
+            out[key] = stat
+    if qps is None or "gpu_compute" not in out or "shape" not in out:
+        errors = [ln.split("]", 2)[-1].strip() for ln in log.splitlines() if "[E]" in ln]
+        raise UserError(
+            "trtexec printed no performance summary"
+            + (f": {errors[-1]}" if errors else " (run it by hand to see why)")
+        )
+    out["throughput_qps"] = float(qps.group(1))
     return out
+
+
+def stats_from_trtexec(parsed: dict, batch: int) -> dict:
+    """A bench row from trtexec's figures; refuses figures for another batch than asked."""
+    ran = parsed["shape"][0]
+    if ran != batch:
+        raise UserError(f"trtexec ran batch {ran}, not the {batch} asked for")
+    gpu = parsed["gpu_compute"]
+    return {
+        "batch": ran,
+        "p50_ms": gpu["median"],
+        "p90_ms": gpu.get("p90", gpu["max"]),
+        "p99_ms": gpu.get("p99", gpu["max"]),
+        "throughput": ran * 1e3 / gpu["median"],
+        "tool": "trtexec",
+    }
+
+
+def _sidecar(engine_path: Path) -> Path:
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
     precision: str = "fp16",
-    calibration: list[np.ndarray] | None = None,
-    batch: tuple[int, int, int] = (1, 8, 32),
+    profile: BatchProfile | None = None,
     workspace_gb: float = 1.0,
+    run=subprocess.run,
 ) -> Path:
-    """Parse ``onnx_path``, build an engine with a min/opt/max ``batch`` profile, save it."""
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8" and not calibration:
-        raise UserError("INT8 needs calibration batches (see calibration_batches)")
-    trt = _trt()
+    """Build an engine for ``precision`` from ``onnx_path`` with a batch ``profile`` (default
+    1/8/32) and save it with its sidecar; an engine already built from the same content and
+    settings is kept. ``run`` runs trtexec (injectable for tests)."""
+    profile = profile or BatchProfile()
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    trtexec = _trtexec()
+    trt = None if trtexec else _trt()
+    info = inspect_onnx(onnx_path)
+    if trtexec:  # trtexec of 11.x dropped --fp16 with the builder flag
+        usage = run([trtexec, "--help"], capture_output=True, text=True)
+        has_fp16 = "--fp16" in (usage.stdout or "") + (usage.stderr or "")
+    else:
+        has_fp16 = hasattr(trt.BuilderFlag, "FP16")
+    settings = build_settings(info, precision, has_fp16)
+    tool = "trtexec" if trtexec else f"tensorrt-{trt.__version__}"
+    key = content_key(onnx_path, precision, profile, tool)
+    meta_path = _sidecar(engine_path)
+    if engine_path.is_file() and meta_path.is_file():
+        try:
+            if json.loads(meta_path.read_text()).get("key") == key:
+                return engine_path  # built from this very model with these settings
+        except (OSError, ValueError):
+            pass
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=engine_path.parent, prefix=f".{engine_path.name}.")
+    os.close(fd)
+    try:
+        if trtexec:
+            args = trtexec_build_args(
+                onnx_path, tmp, info, profile, settings, int(workspace_gb * 1024)
+            )
+            res = run([trtexec, *args[1:]], capture_output=True, text=True)
+            if res.returncode != 0:
+                errors = [ln for ln in res.stdout.splitlines() if "[E]" in ln]
+                raise UserError(
+                    f"trtexec could not build an engine from {onnx_path}: "
+                    + (errors[-1] if errors else f"exit code {res.returncode}")
+                )
+        else:
+            data = _build_python(trt, onnx_path, info, profile, settings, workspace_gb)
+            Path(tmp).write_bytes(data)
+        os.replace(tmp, engine_path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    meta = {
+        "key": key,
+        "onnx": str(onnx_path),
+        "precision": precision,
+        "profile": [profile.min, profile.opt, profile.max],
+        "input": info.name,
+        "shape": list(info.shape),
+        "strongly_typed": settings["strongly_typed"],
+        "tool": tool,
+    }
+    _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+    return engine_path
+
+
+def _build_python(trt, onnx_path, info, profile, settings, workspace_gb) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    flags = 0
+    if settings["strongly_typed"]:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)  # explicit batch: the only mode since 10.0
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise UserError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    inp = network.get_input(0)
-    shape = tuple(inp.shape)
-    if shape[0] == -1:
-        profile = builder.create_optimization_profile()
-        profile.set_shape(inp.name, *[(b, *shape[1:]) for b in batch])
-        config.add_optimization_profile(profile)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator(trt, calibration, Path(engine_path))
+    opt = builder.create_optimization_profile()
+    opt.set_shape(
+        info.name, *[(b, *info.shape[1:]) for b in (profile.min, profile.opt, profile.max)]
+    )
+    config.add_optimization_profile(opt)
+    for flag in settings["flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise UserError(f"TensorRT could not build an engine from {onnx_path} ({precision})")
+        raise UserError(f"TensorRT could not build an engine from {onnx_path}")
+    return bytes(serialized)
+
+
+def engine_meta(engine_path: str | Path) -> dict | None:
+    try:
+        return json.loads(_sidecar(Path(engine_path)).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def time_engine(
+    engine_path: str | Path, batch: int = 1, runs: int = 200, warmup: int = 20, run=subprocess.run
+) -> dict:
+    """p50/p90/p99 latency (ms) and throughput of a saved engine at ``batch``, which must lie
+    in the engine's profile; the row gives the batch that was run."""
     engine_path = Path(engine_path)
-    tmp = engine_path.with_name(f".{engine_path.name}.tmp")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(engine_path)
-    return engine_path
+    if not engine_path.is_file():
+        raise UserError(f"engine {engine_path} does not exist")
+    meta = engine_meta(engine_path)
+    if meta:
+        BatchProfile(*meta["profile"]).check(batch)
+    trtexec = _trtexec()
+    if trtexec and meta:
+        # trtexec warms up for a time, not a count: about ``warmup`` runs of 10 ms
+        args = trtexec_time_args(
+            engine_path, meta["input"], meta["shape"], batch, runs, max(10 * warmup, 200)
+        )
+        res = run([trtexec, *args[1:]], capture_output=True, text=True)
+        return stats_from_trtexec(parse_trtexec(res.stdout), batch)
+    return _time_python(engine_path, batch, runs, warmup)
 
 
-def _calibrator(trt, batches: list[np.ndarray], engine_path: Path):
-    import torch
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            super().__init__()
-            self.batches = iter(batches)
-            self.size = batches[0].shape[0]
-            self.device = None
-            self.cache = engine_path.with_suffix(".calib")
-
-        def get_batch_size(self) -> int:
-            return self.size
-
-        def get_batch(self, names):
-            batch = next(self.batches, None)
-            if batch is None:
-                return None
-            self.device = torch.from_numpy(batch).cuda()
-            return [self.device.data_ptr()]
-
-        def read_calibration_cache(self):
-            return self.cache.read_bytes() if self.cache.is_file() else None
-
-        def write_calibration_cache(self, cache) -> None:
-            self.cache.write_bytes(bytes(cache))
-
-    return Calibrator()
-
-
-def time_engine(engine_path: str | Path, batch: int = 1, runs: int = 200, warmup: int = 20) -> dict:
-    """p50/p90/p99 latency (ms) and throughput of a saved engine at one batch size."""
+def _time_python(engine_path: Path, batch: int, runs: int, warmup: int) -> dict:
     trt = _trt()
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError("timing a TensorRT engine needs a CUDA GPU visible to PyTorch")
+    try:
+        from polygraphy import cuda
+    except ImportError as exc:
+        raise UserError(
+            "timing an engine without trtexec needs polygraphy's CUDA wrapper: "
+            "pip install polygraphy (or put trtexec on PATH)"
+        ) from exc
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise UserError(f"{engine_path} is not an engine for this TensorRT and GPU")
     context = engine.create_execution_context()
-    buffers = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    stream, buffers = cuda.Stream(), []
+    ran = None
+    for name in inputs:
         shape = list(engine.get_tensor_shape(name))
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            shape[0] = batch if shape[0] == -1 else shape[0]
-            context.set_input_shape(name, shape)
-        else:
-            shape = list(context.get_tensor_shape(name))
-        dtype = (
-            torch.float16 if engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
-        )
-        buf = torch.randn(shape, dtype=dtype, device="cuda")
-        context.set_tensor_address(name, buf.data_ptr())
+        if shape[0] == -1:
+            low, _, high = engine.get_tensor_profile_shape(name, 0)
+            BatchProfile(low[0], low[0], high[0]).check(batch)
+            shape[0] = batch
+        if not context.set_input_shape(name, shape):
+            raise UserError(f"TensorRT refused input shape {shape} for {name}")
+        ran = shape[0]
+        host = np.random.default_rng(0).standard_normal(shape)
+        buf = cuda.DeviceArray(shape=tuple(shape), dtype=trt.nptype(engine.get_tensor_dtype(name)))
+        buf.copy_from(host.astype(buf.dtype), stream)
         buffers.append(buf)
-    stream = torch.cuda.Stream()
+        context.set_tensor_address(name, buf.ptr)
+    for name in names:
+        if name in inputs:
+            continue
+        shape = tuple(context.get_tensor_shape(name))
+        buf = cuda.DeviceArray(shape=shape, dtype=trt.nptype(engine.get_tensor_dtype(name)))
+        buffers.append(buf)
+        context.set_tensor_address(name, buf.ptr)
     for _ in range(warmup):
-        context.execute_async_v3(stream.cuda_stream)
+        context.execute_async_v3(stream.ptr)
     stream.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record(stream)
-        context.execute_async_v3(stream.cuda_stream)
-        end.record(stream)
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    ms = np.array(times)
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        if not context.execute_async_v3(stream.ptr):
+            raise UserError(f"TensorRT failed to run {engine_path}")
+        stream.synchronize()
+        times[i] = time.perf_counter() - t0
+    for buf in buffers:
+        buf.free()
+    stream.free()
+    ms = times * 1e3
     return {
-        "batch": batch,
+        "batch": ran,
         "p50_ms": float(np.percentile(ms, 50)),
         "p90_ms": float(np.percentile(ms, 90)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "throughput": float(batch * 1e3 / np.median(ms)),
+        "throughput": float(ran * 1e3 / np.median(ms)),
+        "tool": "tensorrt",
     }

@@ -136,16 +136,6 @@ def test_tensorrt_missing_is_a_clear_message(tmp_path, capsys, monkeypatch):
     assert "TensorRT is not installed" in capsys.readouterr().err
 
 
-def test_calibration_batches():
-    from qmixprune.trt_engine import calibration_batches
-
-    data = [(torch.randn(3, 4, 4), 0) for _ in range(10)]
-    batches = calibration_batches(data, 4)
-    assert [b.shape for b in batches] == [(4, 3, 4, 4)] * 2 and batches[0].dtype == "float32"
-    with pytest.raises(UserError, match="at least 4"):
-        calibration_batches(data[:3], 4)
-
-
 def test_torchscript_exports_but_does_not_prune(tmp_path, capsys):
     m = create("alexnet", width=0.25).eval()
     ts = tmp_path / "ts.pt"

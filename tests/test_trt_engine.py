@@ -1,0 +1,164 @@
+"""TensorRT support up to the point that needs a GPU: argument handling, ONNX preparation,
+trtexec command lines and the parsing of its output (tests/data/trtexec_int8_b32.log is a
+synthetic log written from trtexec's documented summary format, not a recorded run)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from qmixprune import trt_engine
+from qmixprune.cli import main
+from qmixprune.errors import UserError
+from qmixprune.export import export_onnx
+from qmixprune.models import create
+from qmixprune.trt_engine import (
+    BatchProfile,
+    OnnxInput,
+    build_settings,
+    inspect_onnx,
+    parse_trtexec,
+    stats_from_trtexec,
+    trtexec_build_args,
+)
+
+LOG = Path(__file__).parent / "data" / "trtexec_int8_b32.log"
+X = torch.zeros(1, 3, 32, 32)
+FP32 = OnnxInput("input", ("batch", 3, 32, 32), quantized=False, fp16=False)
+QDQ = OnnxInput("input", ("batch", 3, 32, 32), quantized=True, fp16=False)
+HALF = OnnxInput("input", ("batch", 3, 32, 32), quantized=False, fp16=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("trt")
+    m = create("alexnet", width=0.125).eval()
+    export_onnx(m, d / "dyn.onnx", X)
+    export_onnx(m, d / "fixed.onnx", X, dynamic_batch=False)
+    export_onnx(m, d / "half.onnx", X, fp16=True)
+    return d
+
+
+def test_inspect_onnx_needs_a_free_batch_axis(onnx_files):
+    assert inspect_onnx(onnx_files / "dyn.onnx") == FP32
+    assert inspect_onnx(onnx_files / "half.onnx").fp16
+    with pytest.raises(UserError, match="fixed batch of 1.*without --fixed-batch"):
+        inspect_onnx(onnx_files / "fixed.onnx")
+
+
+@pytest.mark.parametrize(
+    "info, precision, has_flag, want",
+    [
+        (QDQ, "int8", True, {"strongly_typed": True, "flags": []}),
+        (QDQ, "int8", False, {"strongly_typed": True, "flags": []}),
+        (FP32, "int8", True, "explicit quantization"),
+        (QDQ, "fp16", True, "builds an INT8 engine"),
+        (FP32, "fp16", True, {"strongly_typed": False, "flags": ["FP16"]}),
+        (FP32, "fp16", False, "no FP16 builder flag"),
+        (HALF, "fp16", False, {"strongly_typed": True, "flags": []}),
+        (HALF, "fp32", True, "builds an FP16 engine"),
+        (FP32, "fp32", False, {"strongly_typed": True, "flags": []}),
+        (FP32, "bf16", True, "precision must be one of"),
+    ],
+)
+def test_build_settings_follow_the_model_and_the_version(info, precision, has_flag, want):
+    if isinstance(want, str):
+        with pytest.raises(UserError, match=want):
+            build_settings(info, precision, has_flag)
+    else:
+        assert build_settings(info, precision, has_flag) == want
+
+
+def test_batch_profile():
+    assert BatchProfile.parse("1,8,32") == BatchProfile(1, 8, 32)
+    for bad in ("8,1,32", "0,1,2", "1,8", "a,b,c"):
+        with pytest.raises(UserError, match="MIN,OPT,MAX|min <= opt <= max"):
+            BatchProfile.parse(bad)
+    BatchProfile(1, 8, 32).check(32)
+    with pytest.raises(UserError, match="batch 64 is outside the engine's profile"):
+        BatchProfile(1, 8, 32).check(64)
+
+
+def test_trtexec_build_command():
+    args = trtexec_build_args(
+        "m.onnx", "m.engine", QDQ, BatchProfile(1, 4, 16), build_settings(QDQ, "int8", True)
+    )
+    assert args[:3] == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.engine"]
+    assert "--minShapes=input:1x3x32x32" in args and "--maxShapes=input:16x3x32x32" in args
+    assert "--optShapes=input:4x3x32x32" in args and "--stronglyTyped" in args
+    assert not any(a in args for a in ("--int8", "--fp16"))  # precision comes from Q/DQ
+    weak = trtexec_build_args(
+        "m.onnx", "e", FP32, BatchProfile(), {"strongly_typed": False, "flags": ["FP16"]}
+    )
+    assert "--fp16" in weak and "--stronglyTyped" not in weak
+
+
+def test_parse_trtexec_log():
+    parsed = parse_trtexec(LOG.read_text())
+    assert parsed["shape"] == [32, 3, 32, 32] and parsed["throughput_qps"] == 2038.74
+    assert parsed["gpu_compute"]["median"] == 0.4855 and parsed["gpu_compute"]["p99"] == 0.5872
+    assert parsed["latency"]["p90"] == 0.4998 and parsed["latency"]["min"] == 0.4712
+    row = stats_from_trtexec(parsed, 32)
+    assert row["batch"] == 32 and row["throughput"] == pytest.approx(32e3 / 0.4855)
+    with pytest.raises(UserError, match="ran batch 32, not the 1"):
+        stats_from_trtexec(parsed, 1)
+    failed = "[11/30/2026-11:00:00] [E] Error[4]: input: the shape is out of range\n&&&& FAILED"
+    with pytest.raises(UserError, match="no performance summary: Error\\[4\\]"):
+        parse_trtexec(failed)
+
+
+class FakeTrtexec:
+    """Stands in for subprocess.run with trtexec: builds write the engine file."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, argv, **kw):
+        self.calls.append(argv)
+        if "--help" in argv:
+            return subprocess.CompletedProcess(argv, 0, "  --fp16  Enable fp16\n", "")
+        for a in argv:
+            if a.startswith("--saveEngine="):
+                Path(a.split("=", 1)[1]).write_bytes(b"engine")
+        out = LOG.read_text() if any(a.startswith("--loadEngine") for a in argv) else ""
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+
+def test_build_and_time_through_trtexec(onnx_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(trt_engine, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    fake = FakeTrtexec()
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes((onnx_files / "dyn.onnx").read_bytes())
+    engine = trt_engine.build_engine(onnx, tmp_path / "m.engine", "fp32", run=fake)
+    meta = json.loads((tmp_path / "m.engine.json").read_text())
+    assert engine.read_bytes() == b"engine" and meta["profile"] == [1, 8, 32]
+    assert meta["input"] == "input" and meta["strongly_typed"]
+    builds = [c for c in fake.calls if any(a.startswith("--saveEngine") for a in c)]
+    assert len(builds) == 1 and builds[0][0] == "/opt/trt/bin/trtexec"
+    # same content and settings: kept; another model under the same name: rebuilt
+    trt_engine.build_engine(onnx, engine, "fp32", run=fake)
+    assert len([c for c in fake.calls if "--onnx=" + str(onnx) in c]) == 1
+    export_onnx(create("alexnet", width=0.25).eval(), onnx, X)
+    trt_engine.build_engine(onnx, engine, "fp32", run=fake)
+    assert len([c for c in fake.calls if "--onnx=" + str(onnx) in c]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx"]
+    row = trt_engine.time_engine(engine, batch=32, runs=200, run=fake)
+    assert row["batch"] == 32 and row["tool"] == "trtexec" and row["p50_ms"] == 0.4855
+    assert "--shapes=input:32x3x32x32" in fake.calls[-1]
+    n = len(fake.calls)
+    with pytest.raises(UserError, match="outside the engine's profile"):
+        trt_engine.time_engine(engine, batch=64, run=fake)
+    assert len(fake.calls) == n  # refused before running anything
+
+
+def test_export_tensorrt_arguments_are_checked_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(trt_engine, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    out = tmp_path / "m.onnx"
+    base = ["export", "alexnet", "--width", "0.125", "-o", str(out), "--tensorrt", "fp32"]
+    assert main([*base, "--fixed-batch", "1"]) == 2
+    assert "free batch axis" in capsys.readouterr().err
+    assert main([*base, "--trt-batch", "8,1,32"]) == 2
+    assert "min <= opt <= max" in capsys.readouterr().err
+    assert not out.exists()
