@@ -28,6 +28,9 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, int, int]
     hflip: bool  # whether horizontal flips are a valid augmentation (not for digits)
+    mean: tuple[float, ...] | None = None  # the normalisation applied to every image
+    std: tuple[float, ...] | None = None
+    norm_source: str = ""  # where mean/std come from, in words (printed and reported)
 
 
 class ArrayDataset(Dataset):
@@ -35,6 +38,9 @@ class ArrayDataset(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std) -> None:
         self.images, self.labels = images, labels
+        self.set_norm(mean, std)
+
+    def set_norm(self, mean, std) -> None:
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
@@ -59,21 +65,39 @@ def load_data(
     seed: int = 0,
     val_fraction: float = 0.2,
     image_size: int = 32,
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> DataSplits:
-    """Load a data set by name and split off a seeded validation set from its train part."""
+    """Load a data set by name and split off a seeded validation set from its train part.
+
+    ``norm`` = (mean, std) per channel, as the model was trained with (see
+    ``inputs.NORMS``); default: the data set's own statistics (digits, CIFAR), ImageNet's for
+    ``imagefolder`` (what torchvision and timm classifiers are trained with).
+    ``image_size``: the side ``imagefolder`` images are resized to (digits and CIFAR are 32).
+    """
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if image_size < 1:
+        raise UserError(f"the input size must be >= 1 pixel, got {image_size}")
     if name == "digits":
         train, test, classes, hflip = _digits()
+        source = "digits' own statistics"
     elif name in ("cifar10", "cifar100"):
         train, test, classes, hflip = _cifar(name, _need_dir(name, data_dir), download)
+        source = f"{name}'s own statistics"
     elif name == "imagefolder":
-        return _imagefolder(_need_dir(name, data_dir), seed, val_fraction, image_size)
+        return _imagefolder(_need_dir(name, data_dir), seed, val_fraction, image_size, norm)
     else:
         raise UserError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")
+    if norm is not None:
+        for ds in (train, test):
+            ds.set_norm(*norm)
+        source = "given"
     tr, va = _split(len(train), val_fraction, seed)
     shape = tuple(train[0][0].shape)
-    return DataSplits(Subset(train, tr), Subset(train, va), test, classes, shape, hflip)
+    mean, std = (tuple(round(float(v), 4) for v in t) for t in (train.mean, train.std))
+    return DataSplits(
+        Subset(train, tr), Subset(train, va), test, classes, shape, hflip, mean, std, source
+    )
 
 
 def _need_dir(name: str, data_dir) -> Path:
@@ -188,14 +212,18 @@ def _cifar_batch(path: Path, key: str, classes: int) -> tuple[torch.Tensor, torc
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
-def _imagefolder(root: Path, seed: int, val_fraction: float, size: int) -> DataSplits:
+def _imagefolder(root: Path, seed: int, val_fraction: float, size: int, norm) -> DataSplits:
     """``root/train`` + ``root/test`` (or ``root/val``) if present, else one tree split 80/20."""
     import torchvision
     from torchvision import transforms as T
 
+    from .inputs import NORMS
+
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")
-    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+    source = "given" if norm is not None else "ImageNet statistics, the imagefolder default"
+    mean, std = norm if norm is not None else NORMS["imagenet"]
+    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(list(mean), list(std))])
 
     def folder(p: Path):
         try:
@@ -215,4 +243,14 @@ def _imagefolder(root: Path, seed: int, val_fraction: float, size: int) -> DataS
         train.classes = whole.classes
     tr, va = _split(len(train), val_fraction, seed)
     classes = len(train.classes)
-    return DataSplits(Subset(train, tr), Subset(train, va), test, classes, (3, size, size), True)
+    return DataSplits(
+        Subset(train, tr),
+        Subset(train, va),
+        test,
+        classes,
+        (3, size, size),
+        True,
+        tuple(mean),
+        tuple(std),
+        source,
+    )

@@ -1,0 +1,45 @@
+"""``compress --preset``: run sizes, from a quick look to a long search.
+
+A preset is a layer of config values between the dataclass defaults and a ``--config``
+file (flags override both): defaults <- preset <- config file <- flags. ``default`` adds
+nothing. Times measured on 2 CPU cores are in the README.
+"""
+
+from __future__ import annotations
+
+from .errors import UserError
+
+PRESETS: dict[str, dict] = {
+    # a first look: a short search and a few epochs
+    "quick": {
+        "search": {"episodes": 40, "env": {"reward_batches": 2, "calib_batches": 4}},
+        "distill": {"epochs": 3},
+    },
+    # the config dataclasses' own defaults
+    "default": {},
+    # a longer search and fine-tuning, for the result you ship
+    "thorough": {"search": {"episodes": 400}, "distill": {"epochs": 30}},
+}
+
+
+def preset(name: str | None) -> dict:
+    """The config layer of preset ``name`` (empty for None)."""
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
+    return PRESETS[name]
+
+
+def sizes(name: str) -> dict:
+    """episodes, max_evaluations, patience and epochs of preset ``name``, defaults filled in."""
+    from .config import build
+    from .pipeline import CompressConfig
+
+    cfg = build(CompressConfig, preset(name))
+    return {
+        "episodes": cfg.search.episodes,
+        "max_evaluations": cfg.search.max_evaluations,
+        "patience": getattr(cfg.search, "patience", None),
+        "epochs": cfg.distill.epochs,
+    }
