@@ -217,11 +217,13 @@ def format_results(report: dict) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", help="ONNX files; speed-ups are over the first")
-    p.add_argument("--provider", default="cpu", choices=list(PROVIDERS))
+    p.add_argument(
+        "--provider", default="cpu", choices=list(PROVIDERS), help="ONNX Runtime execution provider"
+    )
     p.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
-    p.add_argument("--runs", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--runs", type=int, default=200, help="timed runs per model and batch")
+    p.add_argument("--warmup", type=int, default=20, help="untimed runs before timing")
     p.add_argument(
         "--spin",
         action="store_true",
