@@ -26,7 +26,7 @@ from .ops import (
     REDUCE,
     SHAPE_ONLY_METHODS,
 )
-from .trace import trace
+from .trace import is_norm_leaf, trace
 from .types import PRODUCER_KINDS, Graph, Group, Seg, Slot
 
 
@@ -181,6 +181,8 @@ class _Analyzer:
             return self.flatten(node, first, out_shape)
         if target is torch.cat:
             return self.cat(node, out_shape)
+        if target in (torch.permute, "permute"):
+            return self.permute(node, first, out_shape)
         if target in REDUCE:
             return self.reduce(node, first, out_shape)
         if getattr(target, "__name__", "") == "stochastic_depth":
@@ -272,6 +274,18 @@ class _Analyzer:
                 segs.extend(lay.segs)
         return Layout(dim, ndim, tuple(segs))
 
+    def permute(self, node: fx.Node, layout: Layout | None, out_shape) -> Layout | None:
+        """Channels-last blocks (ConvNeXt) move the channel axis and back."""
+        if layout is None:
+            return None
+        dims = node.args[1:] if len(node.args) > 2 else node.args[1:2] or node.kwargs.get("dims")
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        if any(not isinstance(d, int) for d in dims) or len(dims) != layout.ndim:
+            return self.unknown(node)
+        dims = [d % layout.ndim for d in dims]
+        return Layout(dims.index(layout.axis), layout.ndim, layout.segs)
+
     def reduce(self, node: fx.Node, layout: Layout | None, out_shape) -> Layout | None:
         if layout is None:
             return None
@@ -299,7 +313,7 @@ class _Analyzer:
                 else:
                     self.block(inp, f"module {name} (linear over a non-channel axis)")
             return self.produce(name, "linear_out", mod.out_features, len(out_shape) - 1, out_shape)
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if is_norm_leaf(mod) and not isinstance(mod, nn.LayerNorm):
             if inp is None:
                 return None
             if inp.axis != 1:
@@ -309,7 +323,9 @@ class _Analyzer:
         if isinstance(mod, nn.LayerNorm):
             if inp is None:
                 return None
-            if len(mod.normalized_shape) != 1 or inp.axis != inp.ndim - 1:
+            # timm's LayerNorm2d normalises the channels of NCHW tensors
+            axis = 1 if type(mod).__name__ == "LayerNorm2d" else inp.ndim - 1
+            if len(mod.normalized_shape) != 1 or inp.axis != axis:
                 return self.unknown(node)
             if mod.weight is not None:
                 self.add_slot(name, "ln", inp.segs)

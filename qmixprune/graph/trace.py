@@ -27,7 +27,7 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
         # Traced in training mode so that branches used only in training (auxiliary heads)
         # are in the graph and pruned consistently; shapes are recorded in eval mode.
         model.train()
-        graph = fx.Tracer().trace(model)
+        graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises many types; all mean "cannot trace"
         raise TraceError(
             f"cannot trace {type(model).__name__} with torch.fx: {_first_line(exc)}"
@@ -51,6 +51,27 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
         for m, mode in modes.items():
             m.training = mode
     return gm
+
+
+class _Tracer(fx.Tracer):
+    """Keeps norm layers whole: subclasses that fuse an activation (timm's BatchNormAct2d),
+    timm's LayerNorm/LayerNorm2d and torchvision's FrozenBatchNorm2d (detection backbones)
+    would otherwise be traced into functional calls on their buffers, which the analysis
+    cannot follow."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return is_norm_leaf(m) or super().is_leaf_module(m, qualname)
+
+
+def is_norm_leaf(m: nn.Module) -> bool:
+    """A per-channel normalisation the analysis treats as one norm layer: a batch norm (or
+    FrozenBatchNorm2d) or layer norm whose extra parts (activation, dropout) hold no
+    parameters."""
+    if not isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)) and (
+        type(m).__name__ != "FrozenBatchNorm2d"
+    ):
+        return False
+    return all(not any(True for _ in c.parameters()) for c in m.children())
 
 
 def _first_line(exc: BaseException) -> str:
