@@ -96,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--trust-pickle",
             action="store_true",
-            help="allow loading a pickled nn.Module (runs code from the file)",
+            help="allow loading a pickled nn.Module or a TorchScript archive (both run code "
+            "from the file)",
         )
         sp.add_argument(
             "--model-factory",

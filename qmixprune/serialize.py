@@ -13,6 +13,8 @@ import hashlib
 import importlib
 import json
 import os
+import pickle
+import pickletools
 import sys
 import tempfile
 import warnings
@@ -215,10 +217,26 @@ def load_model_file(
     if _is_safetensors(head, path.stat().st_size):
         return load(path, model=factory() if factory is not None else None)
     if _is_torchscript(path):
+        if not trust_pickle:  # PyTorch treats TorchScript as a program, like a pickle
+            raise UserError(
+                f"{path} is a TorchScript archive: loading it runs code from the file, so pass "
+                "--trust-pickle (trust_pickle=True) only if you trust the file"
+            )
         return torch.jit.load(str(path), map_location="cpu").eval()
+    what_else = _not_pytorch(path)
+    if what_else:
+        raise UserError(
+            f"{path} {what_else}: give our .safetensors, a state dict saved with "
+            "torch.save(model.state_dict(), path), or a TorchScript archive"
+        )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: not one line
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if not isinstance(exc, pickle.UnpicklingError):  # not refused: broken
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"{path} is damaged or truncated ({first}): save it again") from exc
         if not trust_pickle:
             raise UserError(
                 f"{path} is not a plain state dict (it holds pickled Python objects, e.g. a "
@@ -246,11 +264,72 @@ def load_model_file(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise UserError(
-            f"{path} does not match {what}: {' '.join(first[1:3]) if len(first) > 1 else first[0]}"
-        ) from exc
+        hint = _closest_arch(state, classes) if factory is None else ""
+        raise UserError(f"{path} does not match {what}: {_mismatch(model, state)}{hint}") from exc
     return model.eval()
+
+
+def _not_pytorch(path: Path) -> str | None:
+    """Why ``path`` is neither a PyTorch file nor a pickle, or None. Reads the opcodes of
+    the first pickle without running any (pickletools only parses)."""
+    if path.stat().st_size == 0:
+        return "is empty"
+    if zipfile.is_zipfile(path):
+        return None  # torch.save's format; torch.load says whether it is damaged
+    with open(path, "rb") as f:
+        try:
+            for _ in pickletools.genops(f):
+                pass
+        except Exception:
+            return "is neither a PyTorch file nor a pickle (another format, damaged or truncated)"
+    return None
+
+
+def _mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """The first few differences between a state dict and a model, in one short clause."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} keys missing from the file (e.g. {missing[:2]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} keys the model lacks (e.g. {unexpected[:2]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{len(shapes)} shapes differ (e.g. {k}: {tuple(state[k].shape)} in the file, "
+            f"{tuple(own[k].shape)} in the model)"
+        )
+    return "; ".join(parts) or "the weights do not load"
+
+
+def _closest_arch(state: dict[str, torch.Tensor], classes: int) -> str:
+    """'; it fits --arch A --width W' for the built-in architecture (and width) whose keys
+    the state dict shares most, or '' when none shares most of them."""
+    best, best_share = None, 0.5
+    for name in models.list_models():
+        try:
+            keys = set(models.create(name, num_classes=classes).state_dict())
+        except Exception:
+            continue
+        share = len(keys & set(state)) / len(keys | set(state))
+        if share > best_share:
+            best, best_share = name, share
+    if best is None:
+        return ""
+    full = models.create(best, num_classes=classes).state_dict()
+    conv = next((k for k, v in full.items() if v.dim() == 4 and k in state), None)
+    if conv is not None:
+        width = round(state[conv].shape[0] / full[conv].shape[0], 4)
+        try:
+            fit = models.create(best, num_classes=classes, width=width).state_dict()
+            if all(k in fit and fit[k].shape == v.shape for k, v in state.items()):
+                return f"; it fits --arch {best} --width {width:g}"
+        except Exception:
+            pass
+    return f"; the closest built-in architecture is --arch {best}"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -259,6 +338,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(fd, file_mode())  # mkstemp's 0600, not what the user's umask gives
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -266,6 +346,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_mode() -> int:
+    """The mode a new file gets from the process's umask (0644 under the usual 022)."""
+    try:  # Linux: read it without changing it (changing it races with other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _read(path: Path) -> bytes:

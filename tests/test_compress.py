@@ -100,7 +100,7 @@ def test_cli_refuses_existing_out_and_resumes_after_interrupt(tmp_path, model_fi
 @pytest.mark.parametrize(
     "argv_edit,message",
     [
-        (lambda a: a[:1] + ["{junk}"] + a[2:], "is not a plain state dict"),
+        (lambda a: a[:1] + ["{junk}"] + a[2:], "neither a PyTorch file nor a pickle"),
         (lambda a: a + ["--target-flops", "1.5"], "(0, 1)"),
         (lambda a: a + ["--target-flops", "0.01", "--min-channels", "4"], "unreachable"),
         (lambda a: a + ["--data", "imagefolder", "--data-dir", "{empty}"], "class folder"),

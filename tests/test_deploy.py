@@ -140,8 +140,11 @@ def test_torchscript_exports_but_does_not_prune(tmp_path, capsys):
     m = create("alexnet", width=0.25).eval()
     ts = tmp_path / "ts.pt"
     torch.jit.trace(m, X[:1]).save(str(ts))
-    assert main(["export", str(ts), "-o", str(tmp_path / "ts.onnx")]) == 0
-    assert main(["prune", str(ts), "--ratio", "0.5", "-o", str(tmp_path / "p.safetensors")]) == 2
+    assert main(["export", str(ts), "-o", str(tmp_path / "ts.onnx")]) == 2  # runs its code:
+    assert "--trust-pickle" in capsys.readouterr().err  # an explicit opt-in, as for pickles
+    assert main(["export", str(ts), "--trust-pickle", "-o", str(tmp_path / "ts.onnx")]) == 0
+    argv = ["prune", str(ts), "--trust-pickle", "--ratio", "0.5", "-o", str(tmp_path / "p.st")]
+    assert main(argv) == 2
     assert "TorchScript" in capsys.readouterr().err
 
 

@@ -84,7 +84,9 @@ def test_user_files(tmp_path):
         q.load_model_file(tmp_path / "whole.pt")
     assert torch.equal(q.load_model_file(tmp_path / "whole.pt", trust_pickle=True)(X), m(X))
     torch.jit.trace(m, X).save(str(tmp_path / "ts.pt"))
-    ts = q.load_model_file(tmp_path / "ts.pt")
+    with pytest.raises(UserError, match="TorchScript.*--trust-pickle"):  # a program too
+        q.load_model_file(tmp_path / "ts.pt")
+    ts = q.load_model_file(tmp_path / "ts.pt", trust_pickle=True)
     assert isinstance(ts, torch.jit.ScriptModule) and torch.allclose(ts(X), m(X))
     (tmp_path / "junk.pt").write_bytes(b"not a model at all")
     with pytest.raises(UserError):
