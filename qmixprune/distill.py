@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ CHECKPOINT = "distill_checkpoint.pt"
 @dataclass(frozen=True)
 class DistillConfig:
     epochs: int = 10  # fine-tuning epochs (the best-on-val epoch is kept)
-    batch_size: int = 64  # training batch size (per rank under torchrun)
+    batch_size: int = 64  # the global batch: torchrun's N processes take batch_size / N each
     lr: float = 0.01  # peak learning rate, cosine-annealed to 0
     optimizer: str = "sgd"  # "sgd" (momentum 0.9, nesterov) or "adamw"
     weight_decay: float = 5e-4  # L2 weight decay
@@ -52,6 +53,7 @@ class DistillConfig:
             raise UserError("distill: epochs >= 0, batch_size >= 1 and lr > 0 are required")
         if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
             raise UserError("distill: alpha must be in [0, 1] and temperature > 0")
+        per_rank_batch(self.batch_size, _world_size())  # before any work, under torchrun
         if self.optimizer not in ("sgd", "adamw"):
             raise UserError(f"distill: optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
 
@@ -69,6 +71,12 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
         log_target=True,
     )
     return alpha * t * t * kl + (1 - alpha) * ce
+
+
+def _world_size() -> int:
+    """Processes of this run: the group's size, or torchrun's WORLD_SIZE before it is joined."""
+    _, world = rank_world()
+    return world if world > 1 else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:

@@ -150,6 +150,11 @@ def test_global_batch_split_and_amp_dtype(monkeypatch):
     assert per_rank_batch(64, 1) == 64 and per_rank_batch(64, 4) == 16
     with pytest.raises(UserError, match="multiple of 3"):
         per_rank_batch(64, 3)
+    monkeypatch.setenv("WORLD_SIZE", "3")  # torchrun's, checked before any work
+    with pytest.raises(UserError, match="multiple of 3"):
+        DistillConfig(batch_size=64).validate()
+    DistillConfig(batch_size=63).validate()
+    monkeypatch.delenv("WORLD_SIZE")
     assert amp_dtype(torch.device("cpu")) is None
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
