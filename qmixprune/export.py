@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
+from .serialize import file_mode
 
 PARITY_TOLERANCE = 1e-4  # max |ORT - PyTorch| allowed in fp32
 
@@ -57,8 +58,9 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
     os.close(fd)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        os.chmod(tmp, file_mode())  # the umask's mode, not mkstemp's 0600
+        with warnings.catch_warnings(record=True) as caught:  # deprecation notices: dropped
+            warnings.simplefilter("always")
             torch.onnx.export(
                 model,
                 (example_input,),
@@ -71,6 +73,7 @@ def export_onnx(
                 if dynamic_batch
                 else None,
             )
+        _warn_input_dependent(caught)
         proto = onnx.load(tmp)
         if simplify:
             proto = _simplify(proto)
@@ -90,6 +93,25 @@ def export_onnx(
     finally:
         Path(tmp).unlink(missing_ok=True)
     return ExportResult(path, diff, opset, fp16, simplify)
+
+
+def _warn_input_dependent(caught: list) -> None:
+    """The tracer turned a tensor into a Python bool: an ``if`` on the input's values, of
+    which the ONNX graph keeps only the branch the example input took."""
+    found = [
+        w
+        for w in caught
+        if issubclass(w.category, torch.jit.TracerWarning) and "boolean" in str(w.message)
+    ]
+    if found:
+        where = f"{Path(found[0].filename).name}:{found[0].lineno}"
+        warnings.warn(
+            f"the model's control flow depends on its input values ({where}): the ONNX "
+            "graph keeps only the branch the example input took; check its outputs on other "
+            "inputs, or make the branch a tensor op (torch.where)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _simplify(proto):
