@@ -212,6 +212,28 @@ def _cifar_batch(path: Path, key: str, classes: int) -> tuple[torch.Tensor, torc
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
+def _check_image(path: str) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(path):  # reads the header, not the pixels
+            pass
+    except Exception as exc:
+        raise UserError(f"{path} is not an image PIL can read ({exc}): remove it") from exc
+
+
+def _read_image(path: str):
+    """ImageFolder's loader, with a damaged image (truncated after a valid header) named in
+    one line instead of failing deep inside a DataLoader."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:
+        raise UserError(f"{path} is not an image PIL can read ({exc}): remove it") from exc
+
+
 def _imagefolder(root: Path, seed: int, val_fraction: float, size: int, norm) -> DataSplits:
     """``root/train`` + ``root/test`` (or ``root/val``) if present, else one tree split 80/20."""
     import torchvision
@@ -227,9 +249,12 @@ def _imagefolder(root: Path, seed: int, val_fraction: float, size: int, norm) ->
 
     def folder(p: Path):
         try:
-            return torchvision.datasets.ImageFolder(str(p), transform=tf)
+            ds = torchvision.datasets.ImageFolder(str(p), transform=tf, loader=_read_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise UserError(f"{p}: {exc} (expected one sub-folder of images per class)") from exc
+        for path, _ in ds.samples:  # headers only: a non-image is found now, not mid-run
+            _check_image(path)
+        return ds
 
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
