@@ -607,10 +607,12 @@ def _check_out(args, record: str, cfg) -> None:
     configuration too, before OUT's record of it is rewritten."""
     from .config import as_dict
     from .outdir import check, check_same_config
+    from .precheck import check_checkpoints
 
     check(args.output, args.overwrite, args.resume, _inputs(args))
     if args.resume:
         check_same_config(args.output, record, as_dict(cfg))
+        check_checkpoints(args.output)
 
 
 def _check_run(model, data, table, batch_size=None) -> None:

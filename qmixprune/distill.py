@@ -177,7 +177,13 @@ def distill(
     }
     ckpt = Path(out) / CHECKPOINT if out is not None else None
     if resume and ckpt is not None and ckpt.is_file():
-        sd = torch.load(ckpt, weights_only=True, map_location=device)
+        try:
+            sd = torch.load(ckpt, weights_only=True, map_location=device)
+        except Exception as exc:  # truncated by a full disk or a copy: say so in one line
+            raise UserError(
+                f"{ckpt} is damaged ({type(exc).__name__}): delete it to redo the fine-tuning, "
+                "or start afresh with --overwrite"
+            ) from exc
         student.load_state_dict(sd["student"])
         opt.load_state_dict(sd["opt"])
         sched.load_state_dict(sd["sched"])

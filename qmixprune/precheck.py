@@ -67,3 +67,24 @@ def check_run(
         from .latency import check_table
 
         check_table(latency_table, model, x)
+
+
+CHECKPOINTS = ("search_checkpoint.pt", "distill_checkpoint.pt")
+
+
+def check_checkpoints(out) -> None:
+    """On ``--resume``: a damaged (truncated) checkpoint is refused now, not after the
+    search it would resume or the search before it."""
+    from pathlib import Path
+
+    for name in CHECKPOINTS:
+        path = Path(out) / name
+        if not path.is_file():
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UserError(
+                f"{path} is damaged ({type(exc).__name__}): delete it to redo that stage, or "
+                "start afresh with --overwrite"
+            ) from exc
