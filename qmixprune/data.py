@@ -94,7 +94,7 @@ def load_data(
         source = "given"
     tr, va = _split(len(train), val_fraction, seed)
     shape = tuple(train[0][0].shape)
-    mean, std = (tuple(round(float(v), 4) for v in t) for t in (train.mean, train.std))
+    mean, std = (tuple(float(v) for v in t.flatten()) for t in (train.mean, train.std))
     return DataSplits(
         Subset(train, tr), Subset(train, va), test, classes, shape, hflip, mean, std, source
     )
