@@ -59,7 +59,9 @@ def check_run(
     batch_size: int | None = None,
 ) -> None:
     """Every cross-check of a compress/search run that needs no search (see module doc)."""
-    x = torch.zeros(1, *data.input_shape)
+    from .device import module_device
+
+    x = torch.zeros(1, *data.input_shape, device=module_device(model))  # where the model is
     check_classes(model, data.num_classes, x)
     if batch_size is not None:
         check_batch(len(data.train), batch_size)
