@@ -17,9 +17,16 @@ def model_outputs(model: nn.Module, example_input: torch.Tensor) -> int | None:
             y = model.eval()(example_input)
     except Exception as exc:  # the user's model: any failure is a mismatch of inputs
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        hint = "check --input-size and --data"
+        if example_input.dim() == 4:
+            from .inputs import expected_size
+
+            size = expected_size(model, example_input.shape[-1], example_input.shape[1])
+            if size is not None:  # digits/CIFAR are 32 px: only imagefolder can be resized
+                hint = f"it runs at {size} px: --data imagefolder --input-size {size}"
         raise UserError(
             f"the model does not accept the data's inputs of shape "
-            f"{tuple(example_input.shape[1:])}: {first} (check --input-size and --data)"
+            f"{tuple(example_input.shape[1:])}: {first} ({hint})"
         ) from exc
     if isinstance(y, torch.Tensor) and y.dim() == 2:
         return int(y.shape[1])

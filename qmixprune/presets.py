@@ -31,6 +31,17 @@ def preset(name: str | None) -> dict:
     return PRESETS[name]
 
 
+def config(name: str, **overrides):
+    """The ``CompressConfig`` of preset ``name`` (for the Python API), with ``overrides``
+    of its top-level fields (``target_flops=0.5``, ``allow_untrained=True``, ...)."""
+    from dataclasses import replace
+
+    from .config import build
+    from .pipeline import CompressConfig
+
+    return replace(build(CompressConfig, preset(name)), **overrides)
+
+
 def sizes(name: str) -> dict:
     """episodes, max_evaluations, patience and epochs of preset ``name``, defaults filled in."""
     from .config import build
