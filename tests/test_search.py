@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -128,7 +129,8 @@ def _tiny_env(seed=0):
     torch.manual_seed(0)
     data = load_data("digits", seed=0)
     model = create("vgg16", width=0.125).eval()
-    return build_env(model, data, EnvConfig(reward_batches=1, calib_batches=1), seed=seed)
+    cfg = EnvConfig(reward_batches=1, calib_batches=1, round_to=1)
+    return build_env(model, data, cfg, seed=seed)
 
 
 PARALLEL = SearchConfig(
@@ -179,3 +181,119 @@ def test_distributed_search_shares_evaluations(tmp_path):
     assert r0["local"] + r1["local"] == r0["total"] and r0["local"] > 0 and r1["local"] > 0
     single = search(_tiny_env(), PARALLEL)
     assert single.counts == r0["counts"] and single.reward == r0["reward"]
+
+
+def _conv_bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 4),
+    ).eval()
+
+
+def test_user_score_and_calib_without_data():
+    from qmixprune.search.evaluator import val_score
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 8, 8, generator=gen) + 3.0, torch.zeros(4)) for _ in range(3)]
+    seen = []
+
+    def score(pruned):
+        seen.append(pruned)
+        return float(pruned[1].running_mean.sum())  # what BN recalibration measured
+
+    cfg = EnvConfig(target_flops=0.5, round_to=1, calib_batches=2)
+    env = build_env(_conv_bn_net(), None, cfg, score=score, calib=batches)
+    assert [tuple(x.shape) for x in env.evaluator.calib] == [(4, 3, 8, 8)] * 2  # inputs only
+    counts = env.project(torch.full((env.n_agents,), 0.5))
+    reward = env.evaluate(counts)
+    pruned = seen[-1]
+    assert pruned[0].out_channels == counts["0"] < 16 and not pruned.training
+    assert reward == pytest.approx(float(pruned[1].running_mean.sum()))
+    # the statistics came from the calibration inputs: another calib gives another reward
+    shifted = [(x - 6.0, y) for x, y in batches]
+    other = build_env(_conv_bn_net(), None, cfg, score=score, calib=shifted).evaluate(counts)
+    assert other != pytest.approx(reward)
+    assert env.evaluate(counts) == reward and len(seen) == 2  # cached, not scored again
+    with pytest.raises(UserError, match="needs data"):
+        build_env(_conv_bn_net(), None, cfg, score=score)
+    # the default score is the accuracy on the val batches
+    x, _ = batches[0]
+    net = _conv_bn_net()
+    y = net(x).argmax(1)
+    assert val_score([(x, y)])(net) == 1.0 and val_score([(x, (y + 1) % 4)])(net) == 0.0
+
+
+def test_device_plumbing_on_cpu():
+    from qmixprune.device import module_device
+    from qmixprune.distributed import collective_device
+
+    dev = torch.device("cpu")
+    data = load_data("digits", seed=0)
+    torch.manual_seed(0)
+    model = create("vgg16", width=0.125).eval()
+    places = []
+
+    def score(pruned):
+        places.append(module_device(pruned))
+        return 0.5
+
+    cfg = EnvConfig(reward_batches=1, calib_batches=1, round_to=1)
+    env = build_env(model, data, cfg, device=dev, score=score)
+    assert env.evaluator.device == dev and all(x.device == dev for x in env.evaluator.calib)
+    env.evaluate(env.project(torch.full((env.n_agents,), 0.5)))
+    assert places == [dev] and collective_device() == dev  # no process group: the CPU
+    default = build_env(model, data, cfg)  # the model's device by default
+    assert default.evaluator.device == module_device(model)
+
+
+def test_flops_target_rounds_to_8_by_default(env_parts):
+    env = make_env(env_parts, target_flops=0.5)
+    assert env.cfg.round_to == 8
+    counts = env.project(torch.full((env.n_agents,), 0.6))
+    assert all(k % 8 == 0 or k == env.graph.group(g).channels for g, k in counts.items())
+    assert make_env(env_parts, target_flops=0.5, round_to=1).cfg.round_to == 1
+
+
+def test_patience_stops_early_says_when_and_resumes(tmp_path):
+    env = _tiny_env()
+    flat = build_env(
+        env.model,
+        None,
+        replace(env.cfg, round_to=1),
+        score=lambda m: 0.25,
+        calib=env.evaluator.calib,
+    )
+    cfg = SearchConfig(episodes=40, seed=1, patience=5, checkpoint_every=100)
+    res = search(flat, cfg, tmp_path)
+    assert res.early_stop is not None and res.episodes < 40
+    assert res.early_stop["evaluations"] - res.early_stop["best_evaluation"] >= 5
+    assert res.early_stop["episode"] == res.episodes == len(res.log)
+    lines = [json.loads(x) for x in (tmp_path / "search_log.jsonl").read_text().splitlines()]
+    assert lines[-1]["early_stop"]["patience"] == 5 and "early_stop" not in lines[0]
+    again = search(flat, cfg, tmp_path, resume=True)  # a stopped run stays stopped
+    assert again.episodes == res.episodes and again.early_stop == res.early_stop
+    with pytest.raises(UserError, match="patience"):
+        search(flat, replace(cfg, patience=-1))
+
+
+def test_search_ignores_the_global_rng(env_parts, monkeypatch):
+    cfg = SearchConfig(episodes=4, seed=2, qmix=QmixConfig(warmup=2, batch_size=2))
+    torch.manual_seed(1)
+    a = search(make_env(env_parts), cfg)
+    torch.manual_seed(2)
+
+    def reseed(seed):
+        raise AssertionError("library code seeded the global RNG")
+
+    monkeypatch.setattr(torch, "manual_seed", reseed)
+    monkeypatch.setattr(torch.random, "manual_seed", reseed)
+    b = search(make_env(env_parts), cfg)
+    assert [e["reward"] for e in a.log] == [e["reward"] for e in b.log] and a.counts == b.counts

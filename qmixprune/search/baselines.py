@@ -117,12 +117,11 @@ def single_agent(env: PruningEnv, budget: int = 200, seed: int = 0, levels: int 
     """AMC-style single agent: one DQN (GRU agent, the same learner with one agent) walks the
     groups in order and picks each group's keep fraction from ``levels`` bins; the terminal
     reward is the plan's, after the same budget wall."""
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     q = QmixConfig()
     n, feats = env.n_agents, env.static.shape[1]
     obs_dim = feats + 3
-    learner = QLearner(obs_dim, obs_dim, 1, levels, q)
+    learner = QLearner(obs_dim, obs_dim, 1, levels, q, gen)
     buffer = EpisodeBuffer(q.buffer_size)
     bins = torch.linspace(1.0 / levels, 1.0, levels)
     start, best, episode = env.evaluations, None, 0

@@ -2,21 +2,20 @@
 
 At each step every agent removes a further 0, 5, ..., 20 % of its group's channels (the
 action set is configurable). After the last step the budget wall (``fit_to_budget``)
-scales the proposal onto the FLOPs target, the plan is pruned physically, BatchNorm is
-recalibrated on a few training batches, and the team is rewarded with the accuracy on
-held-out val batches. Rewards of plans already seen come from a cache.
+scales the proposal onto the target, and the team is rewarded with what the plan
+evaluator (``evaluator.py``: prune, recalibrate BN, score, cache) says the plan is worth.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..budget import (
     Budget,
@@ -26,13 +25,13 @@ from ..budget import (
     floors,
     reachable_round_to,
 )
-from ..distributed import rank_world
+from ..device import module_device, to_device
 from ..errors import UserError
 from ..flops import layer_table
 from ..graph import Graph
 from ..importance import group_scores, ranks
-from ..pruning import apply_plan, plan_for_counts
-from ..train import recalibrate_bn
+from ..rounding import DEFAULT_MULTIPLE
+from .evaluator import PlanEvaluator, Score, calib_inputs, val_score
 
 N_GLOBAL = 4  # step, budget load of the proposal (1 = on target), first target, load - 1
 
@@ -44,7 +43,7 @@ class EnvConfig:
     steps: int = 6  # pruning steps per episode
     n_actions: int = 5  # actions per step: remove 0, 1, ... n_actions-1 times action_step
     action_step: float = 0.05  # fraction of a group's channels removed per action unit
-    round_to: int | None = None  # None: 1 for FLOPs, the profiled multiple for latency
+    round_to: int | None = None  # widths kept in multiples; None: 8 (table: its own); 1: exact
     min_channels: int = 1
     min_keep: float = 0.05  # floor: fraction of each group's channels that always stays
     importance: str = "l1"  # filter ranking: l1, l2, fpgm, bn_scale or random
@@ -69,12 +68,10 @@ class EnvConfig:
             raise UserError(f"reward must be 'acc' or 'loss', got {self.reward!r}")
 
 
-def default_round_to(cfg: EnvConfig, latency) -> int:
-    """1 (finest control) for a FLOPs budget; with a latency target, the channel multiple
-    that ``qmixprune profile`` measured the device to reward."""
-    if cfg.target_latency is not None and latency is not None:
-        return latency.multiple
-    return 1
+def default_round_to(latency) -> int:
+    """With a latency table, the channel multiple that ``qmixprune profile`` measured the
+    device to reward; else ``DEFAULT_MULTIPLE`` (8): exact FLOPs with odd widths run slowly."""
+    return latency.multiple if latency is not None else DEFAULT_MULTIPLE
 
 
 class PruningEnv:
@@ -85,10 +82,11 @@ class PruningEnv:
         model: nn.Module,
         graph: Graph,
         cost: CostModel,
-        calib: list[torch.Tensor],
-        val: list[tuple[torch.Tensor, torch.Tensor]],
         cfg: EnvConfig,
+        calib: list[torch.Tensor],
+        score: Score,
         latency=None,
+        device: torch.device | None = None,
     ) -> None:
         cfg.validate()
         self.groups = [g.name for g in graph.prunable]
@@ -104,20 +102,21 @@ class PruningEnv:
         check_reachable(self.budget, self.low)
         self.scores = group_scores(model, graph.prunable, cfg.importance)
         self.ranking = ranks(model, graph.prunable, cfg.importance, self.scores)
-        self.calib, self.val = calib, val[: cfg.reward_batches]
-        self.cache: dict[tuple[int, ...], float] = {}
-        self.evaluations = 0  # distinct plans scored, by all ranks together
-        self.local_evaluations = 0  # of which this process scored
+        device = module_device(model) if device is None else device
+        self.evaluator = PlanEvaluator(
+            model, graph, self.ranking, calib, score, device, cfg.adaptive_bn
+        )
         self.static = self._static_features()
         self.obs_dim = self.static.shape[1] + 3 + N_GLOBAL
         self.state_dim = self.n_agents * self.obs_dim + N_GLOBAL
 
     def _auto_round_to(self, cfg: EnvConfig, latency) -> int:
-        wanted = default_round_to(cfg, latency)
+        wanted = default_round_to(latency)
         got = reachable_round_to(self.budget, self.groups, wanted, cfg.min_channels, cfg.min_keep)
         if got != wanted:
+            why = "the profiled" if latency is not None else "the default"
             warnings.warn(
-                f"rounding kept channels to multiples of {got}, not the profiled {wanted}: "
+                f"rounding kept channels to multiples of {got}, not {why} {wanted}: "
                 f"with multiples of {wanted} the target is out of reach for this model's "
                 "narrow layers",
                 stacklevel=3,
@@ -127,7 +126,8 @@ class PruningEnv:
     # -- features ------------------------------------------------------------------------
     def _static_features(self) -> torch.Tensor:
         modules = dict(self.model.named_modules())
-        rows = {r.name: r for r in layer_table(self.model, torch.zeros(1, *self.graph.input_shape))}
+        x = torch.zeros(1, *self.graph.input_shape, device=module_device(self.model))
+        rows = {r.name: r for r in layer_table(self.model, x)}
         macs = self.cost.group_macs()
         lat = self.latency.group_shares() if self.latency is not None else {}
         total_params = sum(p.numel() for p in self.model.parameters())
@@ -209,46 +209,26 @@ class PruningEnv:
         proposal = {g: float(k) for g, k in zip(self.groups, keep)}
         return fit_to_budget(self.budget, proposal, self.low, self.cfg.round_to)
 
-    # -- reward --------------------------------------------------------------------------
+    # -- reward (the evaluator's; kept here so that every method reaches it the same way) ---
     def evaluate(self, counts: dict[str, int]) -> float:
-        """Reward of a plan: val accuracy (or -loss) of the pruned, BN-recalibrated net."""
-        return self.evaluate_many([counts])[0]
+        """Reward of a plan: see ``PlanEvaluator``."""
+        return self.evaluator.evaluate(counts)
 
     def evaluate_many(self, plans: list[dict[str, int]]) -> list[float]:
-        """Rewards of several plans. Plans not yet in the cache are shared out across the
-        ranks of a torch.distributed group (all ranks must call this together, as they do
-        when they run the same seeded search) and the rewards gathered back to all."""
-        keys = [tuple(p[g] for g in self.groups) for p in plans]
-        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        if todo:
-            rank, world = rank_world()
-            values = torch.zeros(len(todo), dtype=torch.float64)
-            for i, key in enumerate(todo):
-                if i % world == rank:
-                    values[i] = self._score(dict(zip(self.groups, key)))
-                    self.local_evaluations += 1
-            if world > 1:
-                dist.all_reduce(values)
-            self.cache.update(zip(todo, values.tolist()))
-            self.evaluations += len(todo)
-        return [self.cache[k] for k in keys]
+        return self.evaluator.evaluate_many(plans)
 
-    @torch.no_grad()
-    def _score(self, counts: dict[str, int]) -> float:
-        plan = plan_for_counts(self.graph, counts, self.ranking)
-        pruned = apply_plan(self.model, self.graph, plan)
-        if self.cfg.adaptive_bn:
-            recalibrate_bn(pruned, self.calib, len(self.calib))
-        pruned.eval()
-        correct = total = 0
-        loss = 0.0
-        for x, y in self.val:
-            out = pruned(x)
-            correct += (out.argmax(1) == y).sum().item()
-            loss += F.cross_entropy(out, y, reduction="sum").item()
-            total += len(y)
-        del pruned  # one pruned copy in memory at a time
-        return correct / total if self.cfg.reward == "acc" else -loss / total
+    @property
+    def evaluations(self) -> int:
+        """Distinct plans scored so far, by all ranks together."""
+        return self.evaluator.evaluations
+
+    @property
+    def local_evaluations(self) -> int:
+        return self.evaluator.local_evaluations
+
+    @property
+    def cache(self) -> dict[tuple[int, ...], float]:
+        return self.evaluator.cache
 
 
 def build_env(
@@ -256,26 +236,44 @@ def build_env(
     data,
     cfg: EnvConfig,
     seed: int = 0,
-    batch_size: int = 64,
     latency_table: dict | None = None,
-):
-    """An environment for ``model`` on ``data`` (a ``DataSplits``): fixed calibration
-    batches from train and fixed reward batches from val, so a plan's reward is stable."""
-    from ..budget import CostModel as _Cost
+    *,
+    device: torch.device | None = None,
+    score: Score | None = None,
+    calib: Iterable | None = None,
+    batch_size: int = 64,
+) -> PruningEnv:
+    """An environment for ``model`` on ``data`` (a ``DataSplits``).
+
+    ``calib``: model inputs (tensors, or batches whose first element is the input) for BN
+    recalibration; default: ``cfg.calib_batches`` fixed shuffled batches of ``data.train``.
+    ``score(pruned) -> float`` (higher is better): the reward of a pruned, recalibrated
+    candidate; default: accuracy (or -loss) on ``cfg.reward_batches`` fixed batches of
+    ``data.val``. ``data`` may be None when both are given. ``device`` (default: the model's)
+    is where those batches are moved, once, and where candidates are evaluated.
+    """
     from ..graph import analyze
     from ..train import loader
 
-    x = torch.zeros(1, *data.input_shape)
+    if data is None and (score is None or calib is None):
+        raise UserError("build_env needs data, unless both score and calib are given")
+    device = module_device(model) if device is None else device
+    if calib is None:
+        calib = loader(data.train, batch_size, shuffle=True, seed=seed)
+    calib = calib_inputs(calib, cfg.calib_batches, device)
+    if score is None:
+        val = loader(data.val, batch_size * 2, False)
+        val = [to_device(b, device) for b in itertools.islice(val, cfg.reward_batches)]
+        if not val:
+            raise UserError("the data set is empty: no validation batches for the reward")
+        score = val_score(val, cfg.reward)
+    shape = data.input_shape if data is not None else tuple(calib[0].shape[1:])
+    x = torch.zeros(1, *shape, device=module_device(model))  # analysis runs where the model is
     graph = analyze(model, x)
-    cost = _Cost(model, graph, x)
-    train_batches = loader(data.train, batch_size, shuffle=True, seed=seed)
-    calib = [b[0] for _, b in zip(range(cfg.calib_batches), train_batches)]
-    val = [b for _, b in zip(range(cfg.reward_batches), loader(data.val, batch_size * 2, False))]
-    if not val or not calib:
-        raise UserError("the data set is empty: no batches for calibration or reward")
+    cost = CostModel(model, graph, x)
     latency = None
     if latency_table is not None:
         from ..latency import LatencyModel
 
         latency = LatencyModel(latency_table, cost)
-    return PruningEnv(model, graph, cost, calib, val, cfg, latency)
+    return PruningEnv(model, graph, cost, cfg, calib, score, latency, device)

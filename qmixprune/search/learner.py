@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,13 +44,39 @@ class QmixConfig:
         return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
 
 
+def init_params(module: nn.Module, gen: torch.Generator) -> nn.Module:
+    """Re-draw the weights of ``module``'s Linear and GRU layers from ``gen``, with torch's
+    default distributions (uniform within 1/sqrt(fan-in or hidden size)), so that a seeded
+    run never touches the global RNG's seed."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.in_features)
+        elif isinstance(m, (nn.GRUCell, nn.GRU, nn.LSTMCell, nn.LSTM, nn.RNNCell, nn.RNN)):
+            bound = 1.0 / math.sqrt(m.hidden_size)
+        else:
+            continue
+        for p in m.parameters(recurse=False):
+            nn.init.uniform_(p, -bound, bound, generator=gen)
+    return module
+
+
 class QLearner:
     def __init__(
-        self, obs_dim: int, state_dim: int, n_agents: int, n_actions: int, cfg: QmixConfig
+        self,
+        obs_dim: int,
+        state_dim: int,
+        n_agents: int,
+        n_actions: int,
+        cfg: QmixConfig,
+        generator: torch.Generator | None = None,
     ) -> None:
+        """``generator``: draws the initial weights (a seeded run); None: the global RNG."""
         self.cfg, self.n_agents, self.n_actions = cfg, n_agents, n_actions
         self.agent = RNNAgent(obs_dim + n_agents + n_actions, n_actions, cfg.hidden)
         self.mixer = QMixer(n_agents, state_dim, cfg.embed_dim)
+        if generator is not None:
+            init_params(self.agent, generator)
+            init_params(self.mixer, generator)
         self.target_agent = copy.deepcopy(self.agent)
         self.target_mixer = copy.deepcopy(self.mixer)
         params = [*self.agent.parameters(), *self.mixer.parameters()]

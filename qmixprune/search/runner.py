@@ -23,6 +23,7 @@ from .env import EnvConfig, PruningEnv
 from .learner import QLearner, QmixConfig
 
 CHECKPOINT = "search_checkpoint.pt"
+PATIENCE = 0
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class SearchConfig:
     seed: int = 0  # seeds the agents, exploration and the val split
     checkpoint_every: int = 10  # episodes between checkpoints (and progress lines in a log)
     envs: int = 1  # episodes run together per iteration, their plans scored as one batch
+    # stop once the best reward has not improved for this many evaluations; 0 = never
+    patience: int = PATIENCE
     env: EnvConfig = field(default_factory=EnvConfig)
     qmix: QmixConfig = field(default_factory=QmixConfig)
 
@@ -45,6 +48,9 @@ class SearchResult:
     episodes: int
     seconds: float
     log: list[dict]
+    # set when the search stopped early: {"episode", "evaluations", "best_evaluation",
+    # "patience"} (the last log entry carries the same under "early_stop")
+    early_stop: dict | None = None
 
 
 class _Run:
@@ -52,14 +58,15 @@ class _Run:
 
     def __init__(self, env: PruningEnv, cfg: SearchConfig) -> None:
         self.env, self.cfg = env, cfg
-        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
         self.learner = QLearner(
-            env.obs_dim, env.state_dim, env.n_agents, env.cfg.n_actions, cfg.qmix
+            env.obs_dim, env.state_dim, env.n_agents, env.cfg.n_actions, cfg.qmix, self.gen
         )
         self.buffer = EpisodeBuffer(cfg.qmix.buffer_size)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
         self.episode = 0
         self.best: tuple[float, dict[str, int], list] | None = None  # reward, counts, actions
+        self.best_evaluation = 0  # evaluations done when the best reward last improved
+        self.early_stop: dict | None = None
         self.log: list[dict] = []
         self.seconds = 0.0
 
@@ -68,13 +75,13 @@ class _Run:
             "learner": self.learner.state_dict(),
             "buffer": self.buffer.state_dict(),
             "gen": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
             "episode": self.episode,
             "log": json.dumps(self.log),
             "seconds": self.seconds,
             "best": json.dumps(self.best),
-            "cache": json.dumps(list(self.env.cache.items())),
-            "evaluations": self.env.evaluations,
+            "best_evaluation": self.best_evaluation,
+            "early_stop": json.dumps(self.early_stop),
+            "evaluator": json.dumps(self.env.evaluator.state_dict()),
             "config": json.dumps(asdict(self.cfg)),
         }
 
@@ -87,13 +94,13 @@ class _Run:
         self.learner.load_state_dict(sd["learner"])
         self.buffer.load_state_dict(sd["buffer"])
         self.gen.set_state(sd["gen"])
-        torch.set_rng_state(sd["torch_rng"])
         self.episode, self.seconds = sd["episode"], sd["seconds"]
         self.log = json.loads(sd["log"])
         best = json.loads(sd["best"])
         self.best = (best[0], best[1], best[2]) if best else None
-        self.env.cache = {tuple(k): v for k, v in json.loads(sd["cache"])}
-        self.env.evaluations = sd["evaluations"]
+        self.best_evaluation = sd["best_evaluation"]
+        self.early_stop = json.loads(sd["early_stop"])
+        self.env.evaluator.load_state_dict(json.loads(sd["evaluator"]))
 
     # -- one episode ------------------------------------------------------------------------
     def act(self, q: torch.Tensor, eps: float, t: int) -> torch.Tensor:
@@ -152,6 +159,7 @@ def _learn_and_log(
     run.buffer.add(episode)
     if run.best is None or reward > run.best[0]:
         run.best = (reward, counts, episode["actions"].tolist())
+        run.best_evaluation = env.evaluations
     loss = None
     if run.episode >= q.warmup and len(run.buffer) >= 2:
         rewards = run.buffer.rewards()[:, -1]
@@ -197,6 +205,8 @@ def search(
             raise UserError(f"{ckpt} is damaged: {exc}; start afresh without --resume") from exc
     if cfg.envs < 1:
         raise UserError(f"envs must be >= 1, got {cfg.envs}")
+    if cfg.patience < 0:
+        raise UserError(f"patience must be >= 0 (0 = never stop early), got {cfg.patience}")
     if ckpt is not None and is_main():  # the log holds exactly the checkpointed episodes
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(e) + "\n" for e in run.log)
@@ -204,7 +214,7 @@ def search(
     start = time.perf_counter() - run.seconds
     q = cfg.qmix
     deferred = not env.cfg.step_reward  # terminal rewards are scored in one batch
-    while run.episode < cfg.episodes:
+    while run.episode < cfg.episodes and run.early_stop is None:
         if cfg.max_evaluations is not None and env.evaluations >= cfg.max_evaluations:
             break
         eps = q.epsilon(run.episode)
@@ -216,10 +226,16 @@ def search(
             plans.append(env.project(env.keep))
         rewards = env.evaluate_many(plans)
         first = run.episode
+        entries = []
         for episode, counts, reward in zip(batch, plans, rewards):
             if deferred:
                 episode["reward"][-1] = reward
-            entry = _learn_and_log(run, episode, counts, reward, eps, start)
+            entries.append(_learn_and_log(run, episode, counts, reward, eps, start))
+        if cfg.patience and env.evaluations - run.best_evaluation >= cfg.patience:
+            stop = {"best_evaluation": run.best_evaluation, "patience": cfg.patience}
+            entries[-1]["early_stop"] = stop
+            run.early_stop = {"episode": run.episode, "evaluations": env.evaluations, **stop}
+        for entry in entries:
             if ckpt is not None and is_main():
                 with open(ckpt.parent / "search_log.jsonl", "a") as f:
                     f.write(json.dumps(entry) + "\n")
@@ -227,6 +243,7 @@ def search(
                 on_episode(entry)
         every = cfg.checkpoint_every
         crossed = run.episode // every > first // every or run.episode == cfg.episodes
+        crossed = crossed or run.early_stop is not None
         if ckpt is not None and crossed and is_main():  # only at batch boundaries
             buf = io.BytesIO()
             torch.save(run.state_dict(), buf)
@@ -240,4 +257,5 @@ def search(
         run.episode,
         run.seconds,
         run.log,
+        run.early_stop,
     )
