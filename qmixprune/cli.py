@@ -650,7 +650,7 @@ def _profile(args) -> int:
     from .budget import CostModel
     from .device import resolve
     from .graph import analyze
-    from .latency import profile, save_table
+    from .latency import format_table, profile, save_table
 
     device = resolve(args.device)
     model, x = _load(args)
@@ -666,9 +666,10 @@ def _profile(args) -> int:
         args.batch,
         args.round_to,
         args.runs,
-        progress=lambda name: print(f"  {name}"),
+        progress=lambda msg: print(f"  {msg}", flush=True),
     )
     save_table(table, args.output)
+    print(format_table(table))
     print(
         f"whole model {table['total_ms']:.3f} ms at batch {args.batch}; channel multiple "
         f"{table['round_to']}; wrote {args.output}"

@@ -1,10 +1,12 @@
 """Measured latency as a budget: profile each layer on the device, then predict any plan.
 
-``profile`` first measures which channel alignment this device rewards (``alignment``),
-then times every Conv/Linear layer alone in ONNX Runtime on a grid of (input, output)
-channel counts that are multiples of it, and the whole model at a few uniform widths;
-``LatencyModel`` interpolates the grid and calibrates the sum of layers against the
-whole-model timings.
+``profile`` times the whole model at a few uniform widths rounded to each channel multiple
+(``ALIGNMENTS``), then every Conv/Linear layer alone on a grid of (input, output) channel
+counts that are multiples of the multiple with the lowest time per MAC; ``LatencyModel``
+interpolates the grid, calibrates the sum of layers against the whole-model timings and fits
+how much slower layers at each finer alignment ran. The multiple the table recommends is the
+smallest whose fitted penalty is within the timings' own noise. Timing goes through a
+``Timer`` (ONNX Runtime by default), so the choice can be tested on fixed timings.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +52,21 @@ def _onnx_session(module: nn.Module, shape, provider: str, threads):
         return session(f.name, provider, threads)
 
 
-def _onnx_ms(module: nn.Module, shape, provider: str, threads, runs: int) -> float:
-    """Median ms of ``runs`` timed runs, after 3 untimed ones."""
-    sess = _onnx_session(module, shape, provider, threads)
-    feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    (blocks,) = take_turns([caller(sess, feed)], runs, block=runs)
-    return float(np.median(np.concatenate(blocks)) * 1e3)
+Timer = Callable[[list[nn.Module], tuple], list[np.ndarray]]
+"""Times modules on an input of a shape, taking turns; per module, its timings in ms."""
+
+
+def ort_timer(provider: str = "cpu", threads: int | None = None, runs: int = 20) -> Timer:
+    """ONNX Runtime on this device: ``runs`` timed runs per module, several modules taking
+    turns in blocks of 5 (one module: one block), each turn after 3 untimed runs."""
+
+    def timer(modules: list[nn.Module], shape: tuple) -> list[np.ndarray]:
+        feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        calls = [caller(_onnx_session(m, shape, provider, threads), feed) for m in modules]
+        blocks = take_turns(calls, runs, block=5 if len(calls) > 1 else runs)
+        return [np.concatenate(b) * 1e3 for b in blocks]
+
+    return timer
 
 
 def _layer(m: nn.Module, c_in: int, c_out: int) -> nn.Module:
@@ -90,21 +102,25 @@ def profile(
     runs: int = 20,
     grid=GRID,
     progress=None,
+    timer: Timer | None = None,
 ) -> dict:
     """Latency table of ``model`` on this device (see the module docstring); ``round_to``
-    None measures the alignment, an integer imposes it."""
+    None measures the alignment, an integer imposes it. ``timer`` defaults to
+    ``ort_timer(provider, threads, runs)``."""
     if (round_to is not None and round_to < 1) or runs < 1 or batch < 1:
         raise UserError(
             f"profile needs --round-to >= 1 (or none, to measure it), --runs >= 1 and "
             f"--batch >= 1; got {round_to}, {runs}, {batch}"
         )
     shape = (batch, *example_input.shape[1:])
+    timer = timer or ort_timer(provider, threads, runs)
     aligns = ALIGNMENTS if round_to is None else (round_to,)
-    points = whole_model_points(model, cost, example_input, shape, provider, threads, runs, aligns)
-    if round_to is None:
-        round_to = pick_alignment(points)
+    points = whole_model_points(model, cost, example_input, shape, timer, aligns)
+    measured = round_to is None
+    if measured:
+        round_to = best_per_mac(points)  # the layer grid's multiple; the pick is <= it
     if progress:
-        progress(f"channel multiple: {round_to}")
+        progress(f"layer grid in multiples of {round_to}")
     modules = dict(model.named_modules())
     shapes: dict[str, tuple] = {}
 
@@ -126,7 +142,7 @@ def profile(
         key = (_signature(m), ci, co, shape[1:], dw)
         if key not in memo:
             x_shape = (batch, co if dw else ci, *shape[1:])
-            memo[key] = _onnx_ms(_layer(m, ci, co), x_shape, provider, threads, runs)
+            memo[key] = float(np.median(timer([_layer(m, ci, co)], x_shape)[0]))
         return memo[key]
 
     layers = {}
@@ -145,11 +161,22 @@ def profile(
         ms = [[timed(m, ci, co, shape, dw) for co in outs] for ci in ins]
         layers[layer.name] = {"in": ins, "out": outs, "ms": ms, "depthwise": dw}
         if progress:
-            progress(layer.name)
+            progress(f"timed {layer.name} ({len(layers)} layers)")
+    noise = points_noise(points)
+    for p in points:
+        p.pop("samples", None)
+    table = _table(points, layers, round_to)
+    table.update(device=device_info(provider), batch=batch, threads=threads, noise=noise)
+    if measured:
+        penalties = LatencyModel(table, cost).penalty
+        table["penalties"] = {str(a): v for a, v in sorted(penalties.items())}
+        pick = pick_alignment(penalties, round_to, noise)
+        table.update(_table(points, layers, pick))
+    return table
+
+
+def _table(points: list[dict], layers: dict, round_to: int) -> dict:
     return {
-        "device": device_info(provider),
-        "batch": batch,
-        "threads": threads,
         "round_to": round_to,
         "total_ms": points[0]["ms"],
         "layers": layers,
@@ -160,7 +187,7 @@ def profile(
 
 
 def whole_model_points(
-    model, cost, example_input, shape, provider, threads, runs, alignments, keep=(0.25, 0.5)
+    model, cost, example_input, shape, timer: Timer, alignments, keep=(0.25, 0.5)
 ) -> list[dict]:
     """Whole-model latency of the unpruned model (first) and of uniformly pruned copies at
     each ``keep`` fraction of the MACs with widths rounded to each of ``alignments``, all
@@ -184,14 +211,21 @@ def whole_model_points(
             pruned = apply_plan(model, graph, plan_for_counts(graph, counts))
             row = {"keep": target, "round_to": a, "channels": counts, "model": pruned}
             points.append({**row, "macs": cost.ratio(counts)})
-    feed = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    calls = [
-        caller(_onnx_session(p.pop("model"), shape, provider, threads), {"input": feed})
-        for p in points
-    ]
-    for p, blocks in zip(points, take_turns(calls, runs, block=5)):
-        p["ms"] = float(np.median(np.concatenate(blocks))) * 1e3
+    for p, ms in zip(points, timer([p.pop("model") for p in points], shape)):
+        p["ms"], p["samples"] = float(np.median(ms)), ms
     return points
+
+
+def points_noise(points: list[dict]) -> float:
+    """Relative standard error of a whole-model median timing, typical over the points
+    (median absolute deviation as the spread: robust to the odd slow run)."""
+    errs = []
+    for p in points:
+        ms = np.asarray(p.get("samples", [p["ms"]]), dtype=float)
+        if len(ms) > 1 and np.median(ms) > 0:
+            mad = 1.4826 * np.median(np.abs(ms - np.median(ms)))
+            errs.append(1.2533 * mad / np.median(ms) / np.sqrt(len(ms)))
+    return float(np.median(errs)) if errs else 0.0
 
 
 def alignment_costs(points: list[dict]) -> dict[str, float]:
@@ -206,18 +240,53 @@ def alignment_costs(points: list[dict]) -> dict[str, float]:
     return {str(a): float(np.exp(np.mean(np.log(v)))) for a, v in sorted(rel.items())}
 
 
-def pick_alignment(points: list[dict], tolerance: float = 0.02) -> int:
-    """The smallest channel multiple whose time per MAC is within ``tolerance`` of the best.
-
-    Measured here (ONNX Runtime, AVX-512, CIFAR VGG-16 at 0.4 of the MACs, batch 32):
-    multiples of 16 ran 2.6x faster than the unpruned model, of 8 2.1x, unaligned 0.8x,
-    yet the uniform plans timed here at keep 0.25 / 0.5 put multiples of 8 only 5-7 % behind
-    16 per MAC (some of their widths happen to be multiples of 16), hence a tight default."""
+def best_per_mac(points: list[dict]) -> int:
+    """The channel multiple with the lowest time per MAC (averaged over keep fractions; the
+    smaller multiple on a tie): the layer grid is timed in multiples of it."""
     costs = alignment_costs(points)
     if not costs:
         return 1
-    best = min(costs.values())  # above 1 when the best multiple differs between keeps
-    return min(int(a) for a, c in costs.items() if c <= best * (1 + tolerance))
+    best = min(costs.values())
+    return min(int(a) for a, c in costs.items() if c == best)
+
+
+def pick_alignment(penalties: dict[int, float], reference: int, noise: float) -> int:
+    """The smallest multiple ``a`` (a power of two dividing ``reference``) such that layers at
+    every measured alignment from ``a`` up to ``reference`` ran no slower than the aligned
+    model predicts: fitted penalty <= 1 + two standard errors of the timings (``noise``, from
+    the same run; nothing hand-set). Unmeasured alignments below the finest measured one are
+    not picked."""
+    limit = 1 + 2 * noise + 1e-9  # the epsilon: a penalty of exactly 1 in floating point
+    pick = reference
+    for a in sorted((b for b in penalties if b < reference), reverse=True):
+        if penalties[a] > limit:
+            break
+        pick = a
+    return pick
+
+
+def format_table(table: dict) -> str:
+    """The profile as text: per channel multiple, the whole-model time per MAC against the
+    best and the fitted penalty; per layer, its timed widths and times."""
+    costs, pens = table.get("alignment", {}), table.get("penalties", {})
+    lines = [
+        f"whole model at batch {table['batch']}: {table['total_ms']:.3f} ms; timing noise "
+        f"{table.get('noise', 0.0):.1%} (standard error of a median)",
+        f"{'multiple':>8} {'ms/MAC vs best':>14} {'fitted penalty':>14}",
+    ]
+    for a in sorted({*costs, *pens}, key=int):
+        pen = f"{pens[a]:.3f}" if a in pens else "-"
+        cost = f"{costs[a]:.3f}" if a in costs else "-"
+        mark = "  <- used" if int(a) == table["round_to"] else ""
+        lines.append(f"{a:>8} {cost:>14} {pen:>14}{mark}")
+    lines.append(f"{'layer':<28} {'in':>14} {'out':>14} {'ms full':>9} {'ms least':>9}")
+    for name, t in table["layers"].items():
+        ins = f"{t['in'][0]}..{t['in'][-1]}" if len(t["in"]) > 1 else str(t["in"][0])
+        outs = f"{t['out'][0]}..{t['out'][-1]}" if len(t["out"]) > 1 else str(t["out"][0])
+        lines.append(
+            f"{name[-28:]:<28} {ins:>14} {outs:>14} {t['ms'][-1][-1]:>9.4f} {t['ms'][0][0]:>9.4f}"
+        )
+    return "\n".join(lines)
 
 
 def save_table(table: dict, path: str | Path) -> Path:
