@@ -201,16 +201,39 @@ def _bench_engines(models, batches, runs, warmup) -> dict:
     return {"device": device_info("tensorrt"), "threads": None, "runs": runs, "results": results}
 
 
+def short_labels(paths: list[str]) -> list[str]:
+    """The shortest trailing parts of each path that tell the paths apart (``a/model.onnx``
+    and ``b/model.onnx``, not twice ``model.onnx``)."""
+    parts = [Path(p).parts for p in paths]
+    distinct = len(set(paths))
+    for k in range(1, max((len(p) for p in parts), default=1) + 1):
+        labels = [str(Path(*p[-k:])) for p in parts]
+        if len(set(labels)) == distinct:
+            return labels
+    return [str(p) for p in paths]
+
+
 def format_results(report: dict) -> str:
+    rows = report["results"]
+    labels = short_labels([r["model"] for r in rows])
+    width = max([5, *(len(x) for x in labels)])
     lines = [
-        f"{'model':<40} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-        f"{'img/s':>9} {'speed-up':>8}"
+        f"{'model':<{width}} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'img/s':>9} {'speed-up*':>9}"
     ]
-    for r in report["results"]:
+    for label, r in zip(labels, rows):
         lines.append(
-            f"{Path(r['model']).name[:40]:<40} {r['batch']:>5} {r['p50_ms']:>9.3f} "
+            f"{label:<{width}} {r['batch']:>5} {r['p50_ms']:>9.3f} "
             f"{r['p90_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['throughput']:>9.1f} "
-            f"{r['speedup']:>7.2f}x"
+            f"{r['speedup']:>8.2f}x"
+        )
+    if any("tool" in r for r in rows):  # TensorRT engines, timed one after the other
+        lines.append("* over the first model at the same batch: the ratio of the p50 columns")
+    else:
+        lines.append(
+            "* over the first model at the same batch: the median, over blocks of runs taken "
+            "in turns, of the ratio of the two blocks' medians (pairs measured seconds apart, "
+            "so the machine's drifts cancel); it can differ from the ratio of the p50 columns"
         )
     return "\n".join(lines)
 

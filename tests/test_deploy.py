@@ -199,3 +199,20 @@ def test_export_simplify_without_onnxslim_names_the_extra(tmp_path, monkeypatch)
     with pytest.raises(UserError, match=r"qmixprune\[simplify\]"):
         export_onnx(m, tmp_path / "s.onnx", X[:1], simplify=True)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_bench_labels_rows_by_short_unique_paths(onnx_pair, tmp_path, capsys):
+    from qmixprune.bench import short_labels
+
+    big, small = onnx_pair
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d, src in (("a", big), ("b", small)):
+        (tmp_path / d / "model.onnx").write_bytes(src.read_bytes())
+    paths = [str(tmp_path / "a" / "model.onnx"), str(tmp_path / "b" / "model.onnx")]
+    assert short_labels(paths) == ["a/model.onnx", "b/model.onnx"]
+    assert short_labels(["/x/m.onnx", "/y/n.onnx"]) == ["m.onnx", "n.onnx"]
+    assert main(["bench", *paths, "--batch", "1", "--runs", "2", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "a/model.onnx" in out and "b/model.onnx" in out
+    assert "median, over blocks of runs taken in turns" in out
