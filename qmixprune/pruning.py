@@ -139,18 +139,22 @@ def _ratios(graph: Graph, ratios: float | dict[str, float]) -> dict[str, float]:
     return per_group
 
 
-def slot_indices(graph: Graph, plan: Plan, segs) -> torch.Tensor | None:
-    """Indices along one tensor dimension that survive ``plan``; None if all survive."""
+def slot_indices(
+    graph: Graph, plan: Plan, segs, device: torch.device | None = None
+) -> torch.Tensor | None:
+    """Indices along one tensor dimension that survive ``plan``; None if all survive. Made
+    on ``device``, the indexed tensor's (a GPU tensor's cut runs on the GPU)."""
     parts, offset, changed = [], 0, False
     for seg in segs:
         size = graph.space_sizes[seg.space]
         kept = plan.keep.get(graph.space_group.get(seg.space, ""))
         if kept is None:
-            idx = torch.arange(size)
+            idx = torch.arange(size, device=device)
         else:
-            idx, changed = torch.tensor(kept, dtype=torch.long), True
+            idx, changed = torch.tensor(kept, dtype=torch.long, device=device), True
         if seg.expand > 1:
-            idx = (idx[:, None] * seg.expand + torch.arange(seg.expand)).reshape(-1)
+            step = torch.arange(seg.expand, device=device)
+            idx = (idx[:, None] * seg.expand + step).reshape(-1)
         parts.append(idx + offset)
         offset += size * seg.expand
     return torch.cat(parts) if changed else None
@@ -234,10 +238,12 @@ def prune(
     importance: str | Criterion = "l1",
     round_to: int = 1,
     min_channels: int = 1,
+    parts: list[str] | None = None,
 ) -> nn.Module:
     """Remove the least important ``ratios`` of channels of every group (or of the named
-    groups) and return a new, smaller dense model."""
-    graph = analyze(model, example_input)
+    groups) and return a new, smaller dense model. ``parts``: the submodules to analyse
+    when the model cannot be traced whole (default: found; see ``analyze``)."""
+    graph = analyze(model, example_input, parts)
     plan = make_plan(model, graph, ratios, importance, round_to, min_channels)
     return apply_plan(model, graph, plan)
 

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..errors import TraceError
 from .ops import (
     BINARY_FUNCTIONS,
     BINARY_METHODS,
@@ -26,6 +27,7 @@ from .ops import (
     REDUCE,
     SHAPE_ONLY_METHODS,
 )
+from .parts import analyze_parts
 from .trace import is_norm_leaf, trace
 from .types import PRODUCER_KINDS, Graph, Group, Seg, Slot
 
@@ -57,9 +59,7 @@ def _op_name(node: fx.Node) -> str:
 
 
 class _Analyzer:
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm = gm
-        self.modules = dict(gm.named_modules())
+    def __init__(self, gm: fx.GraphModule | None = None) -> None:
         self.sizes: list[int] = []
         self.parent: list[int] = []
         self.blocked: dict[int, str] = {}
@@ -67,6 +67,14 @@ class _Analyzer:
         self.slots: dict[tuple[str, str], Slot] = {}
         self.layouts: dict[fx.Node, Layout | None] = {}
         self.warnings: list[str] = []
+        if gm is not None:
+            self.use(gm)
+
+    def use(self, gm: fx.GraphModule, prefix: str = "", outside=()) -> None:
+        """Analyse ``gm`` next: the whole model, or a traced part named ``prefix`` (then
+        ``outside``: full names of modules that code outside the part calls too)."""
+        self.gm, self.modules = gm, dict(gm.named_modules())
+        self.prefix, self.outside = prefix, set(outside)
 
     # -- channel spaces (union-find) ---------------------------------------------------
     def new_space(self, size: int, blocked: str = "") -> int:
@@ -301,7 +309,11 @@ class _Analyzer:
         return Layout(axis, len(out_shape), layout.segs)
 
     def visit_module(self, node: fx.Node, mod: nn.Module, out_shape) -> Layout | None:
-        name = node.target
+        name = self.prefix + node.target
+        if name in self.outside:  # its weights must keep serving the untraced caller
+            for arg in self.tensor_inputs(node):
+                self.block(self.layout_of(arg), f"module {name} (also called outside its part)")
+            return None
         inp = self.layout_of(node.args[0]) if node.args else None
         in_shape = _shape(node.args[0]) if node.args else None
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
@@ -419,16 +431,27 @@ def _merged_start(in_shape, out_shape) -> int | None:
     return start
 
 
-def analyze(model: nn.Module, example_input: torch.Tensor) -> Graph:
+def analyze(model: nn.Module, example_input: torch.Tensor, parts: list[str] | None = None) -> Graph:
     """Trace ``model`` and find the groups of channels that must be pruned together.
 
     Ops the analysis cannot reason about leave the channels that reach them unpruned and
-    emit one warning each; the model's output channels are never prunable.
+    emit one warning each; the model's output channels are never prunable. A model that
+    torch.fx cannot trace whole (detectors) is analysed by parts: the submodules named in
+    ``parts`` or, by default, the largest ones that trace (see ``graph.parts``); channels
+    between parts and everything outside them are left as they are.
     """
-    gm = trace(model, example_input)
+    if parts is not None:
+        return _warned(analyze_parts(_Analyzer(), model, example_input, parts))
+    try:
+        gm = trace(model, example_input)
+    except TraceError as exc:
+        return _warned(analyze_parts(_Analyzer(), model, example_input, None, str(exc)))
     analyzer = _Analyzer(gm)
     analyzer.run()
-    graph = analyzer.graph(tuple(example_input.shape[1:]))
+    return _warned(analyzer.graph(tuple(example_input.shape[1:])))
+
+
+def _warned(graph: Graph) -> Graph:
     for message in graph.warnings:
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, stacklevel=3)
     return graph

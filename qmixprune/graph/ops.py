@@ -33,6 +33,7 @@ PASS_MODULES = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
+    nn.Upsample,
 )
 PASS_FUNCTIONS = {
     torch.relu,
@@ -57,6 +58,7 @@ PASS_FUNCTIONS = {
     F.avg_pool2d,
     F.adaptive_avg_pool2d,
     F.adaptive_max_pool2d,
+    F.interpolate,  # resizes H, W only (segmentation decoders, FPNs)
     torch.clone,
     operator.neg,
     torch.neg,

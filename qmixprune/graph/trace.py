@@ -12,8 +12,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import TraceError
 
 
-def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
-    """Symbolically trace ``model`` and annotate nodes with ``meta['tensor_meta']``.
+def trace(model: nn.Module, example_input: torch.Tensor, *more_inputs) -> fx.GraphModule:
+    """Symbolically trace ``model`` and annotate nodes with ``meta['tensor_meta']``
+    (``more_inputs``: further positional arguments of its forward, for submodules).
 
     The model's train/eval flags and BN statistics are left as they were.
     """
@@ -41,11 +42,11 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     try:
         model.eval()
         with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
+            ShapeProp(gm).propagate(example_input, *more_inputs)
     except Exception as exc:
+        shape = tuple(getattr(example_input, "shape", ()))
         raise TraceError(
-            f"{type(model).__name__} fails on an example input of shape "
-            f"{tuple(example_input.shape)}: {_first_line(exc)}"
+            f"{type(model).__name__} fails on an example input of shape {shape}: {_first_line(exc)}"
         ) from exc
     finally:
         for m, mode in modes.items():

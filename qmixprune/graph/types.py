@@ -77,6 +77,8 @@ class Graph:
     slots: list[Slot]
     input_shape: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
+    # the submodules analysed when the model could not be traced whole (empty: it was)
+    parts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_name = {g.name: g for g in self.groups}
