@@ -188,6 +188,19 @@ def check_file(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def file_mode() -> int:
+    """The mode a new file gets from the process's umask (0644 under the usual 022)."""
+    try:  # Linux: read it without changing it (changing it races with other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _check_writable(out: Path) -> None:
     existing = _nearest_existing(out)
     if not existing.is_dir():

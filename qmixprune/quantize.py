@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .outdir import file_mode
 
 QUANTIZERS = ("auto", "onnxruntime", "modelopt")
 # The INT8 model must pick the fp32 model's class on at least this fraction of the check
@@ -119,6 +120,7 @@ def quantize(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".onnx")
     os.close(fd)
+    os.chmod(tmp, file_mode())  # the umask's mode, not mkstemp's 0600
     try:
         if quantizer == "modelopt":
             _quantize_modelopt(Path(fp32_path), Path(tmp), calibration)

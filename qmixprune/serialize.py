@@ -29,6 +29,7 @@ import torch.nn as nn
 from . import models
 from .errors import UserError
 from .graph import Graph, analyze
+from .outdir import file_mode
 from .pruning import SHAPE_ATTR, Plan, apply_plan, carried_plan, plan_for_counts
 
 FORMAT = "qmixprune/1"
@@ -346,19 +347,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def file_mode() -> int:
-    """The mode a new file gets from the process's umask (0644 under the usual 022)."""
-    try:  # Linux: read it without changing it (changing it races with other threads)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _read(path: Path) -> bytes:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .outdir import file_mode
 
 INSTALL_HINT = (
     "TensorRT is not installed: `pip install qmixprune[tensorrt]` on an x86 machine with an "
@@ -273,6 +274,7 @@ def _sidecar(engine_path: Path) -> Path:
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.chmod(fd, file_mode())  # the umask's mode, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -314,6 +316,7 @@ def build_engine(
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=engine_path.parent, prefix=f".{engine_path.name}.")
     os.close(fd)
+    os.chmod(tmp, file_mode())  # the umask's mode, not mkstemp's 0600
     try:
         if trtexec:
             args = trtexec_build_args(
