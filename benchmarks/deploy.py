@@ -1,6 +1,9 @@
-"""Does pruning make deployed models faster? Original vs pruned CIFAR VGG-16 and ResNet-56
-at 0.4 of the MACs with ONNX Runtime on this CPU at batch 1 and 32, next to accuracy
-(digits-trained models, pruned and BN-recalibrated, no fine-tuning).
+"""Does pruning make deployed models faster? Original vs pruned CIFAR VGG-16, ResNet-56 and
+(with --models) torchvision's MobileNetV2 at 0.4 of the MACs with ONNX Runtime on this CPU at
+batch 1 and 32, next to accuracy (digits-trained models, pruned and BN-recalibrated, no
+fine-tuning) and the ideal speed-up (1 / MACs kept). With --int8 the original and the
+aligned plans are also timed as INT8 Q/DQ models (static quantization calibrated on 8
+training batches; accuracy from ONNX Runtime).
 
 Plans: uniform with widths unaligned, in multiples of 8, and in the multiple that
 `qmixprune profile` measured this device to reward; the QMIX plan for the FLOPs target
@@ -8,7 +11,8 @@ Plans: uniform with widths unaligned, in multiples of 8, and in the multiple tha
 FLOPs plan's measured latency (closed loop: when the latency plan measures more than 2 %
 slower or 3 % faster, the target is scaled by the measured ratio and the search runs again).
 
-    python benchmarks/deploy.py [--quick] [--threads 2] [--json F]
+    python benchmarks/deploy.py [--quick] [--threads 2] [--models vgg16,resnet56,mobilenet_v2]
+                                [--int8] [--epochs 12] [--json F]
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ from qmixprune.importance import ranks
 from qmixprune.latency import LatencyModel, profile
 from qmixprune.models import create
 from qmixprune.pruning import apply_plan, plan_for_counts
+from qmixprune.quantize import quantize_checked
 from qmixprune.search import EnvConfig, SearchConfig, build_env, search
 from qmixprune.train import TrainConfig, evaluate, loader, recalibrate_bn, train
+
+ARCHS = {"mobilenet_v2": "torchvision:mobilenet_v2"}  # short names for --models
 
 
 def teacher(name: str, data, epochs: int):
@@ -38,7 +45,7 @@ def teacher(name: str, data, epochs: int):
     if path.is_file():
         return load(path)
     torch.manual_seed(0)
-    model = create(name, num_classes=10)
+    model = create(ARCHS.get(name, name), num_classes=10)
     train(model, data.train, TrainConfig(epochs=epochs, lr=0.05), hflip=False)
     save(model, path)
     return model.eval()
@@ -90,7 +97,13 @@ def summarize(rows: list[dict]) -> list[str]:
     lines = []
     for name in dict.fromkeys(r["model"] for r in rows):
         for kind in ("qmix-flops", "qmix-latency"):
-            picked = [r for r in rows if r["model"] == name and r["plan"].startswith(kind + "-")]
+            picked = [
+                r
+                for r in rows
+                if r["model"] == name
+                and r["plan"].startswith(kind + "-")
+                and not r["plan"].endswith("-int8")
+            ]
             b32 = [r["speedup"] for r in picked if r["batch"] == 32]
             b1 = [r["speedup"] for r in picked if r["batch"] == 1]
             accs = [r["acc"] for r in picked if r["batch"] == 32]
@@ -112,14 +125,20 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seeds", type=int, default=1, help="QMIX searches per target")
     p.add_argument("--profile-batch", type=int, default=32, help="batch the latency table is for")
+    p.add_argument(
+        "--int8", action="store_true", help="INT8 rows for the original and aligned plans"
+    )
+    p.add_argument("--epochs", type=int, default=12, help="teacher training epochs (cached)")
     p.add_argument("--json")
     args = p.parse_args()
     episodes, runs = (40, 60) if args.quick else (120, 200)
     data = load_data("digits")
     x = torch.zeros(1, 3, 32, 32)
+    samples = [data.train[i] for i in range(len(data.train))]
+    int8_data = (samples, [data.test[i] for i in range(len(data.test))])
     rows, loops = [], {}
     for name in args.models.split(","):
-        model = teacher(name, data, epochs=12)
+        model = teacher(name, data, epochs=args.epochs)
         graph = analyze(model, x)
         cost = CostModel(model, graph, x)
         groups = [g.name for g in graph.prunable]
@@ -153,27 +172,36 @@ def main() -> None:
                 accs[plan_name] = evaluate(pruned, data.test)
                 macs[plan_name] = count(pruned, x)[0] / count(model, x)[0]
                 files.append(f)
+            if args.int8:
+                for plan_name in ["original", *[n for n in plans if n != "uniform"]]:
+                    src = Path(d) / f"{plan_name}.onnx"
+                    q = quantize_checked(src, Path(d) / f"{plan_name}-int8.onnx", *int8_data)
+                    accs[f"{plan_name}-int8"] = q.int8_acc
+                    macs[f"{plan_name}-int8"] = macs[plan_name]
+                    files.append(q.path)
             report = bench([str(f) for f in files], (1, 32), threads=args.threads, runs=runs)
         for r in report["results"]:
             plan_name = Path(r["model"]).stem
+            fp32_plan = plan_name.removesuffix("-int8")
             row = {
                 "model": name,
                 "plan": plan_name,
                 "macs": macs[plan_name],
+                "ideal": 1.0 / macs[plan_name],
                 "acc": accs[plan_name],
                 "batch": r["batch"],
                 "p50_ms": r["p50_ms"],
                 "speedup": r["speedup"],
-                "predicted_latency": latency.ratio(plans.get(plan_name, {})),
+                "predicted_latency": latency.ratio(plans.get(fp32_plan, {})),
                 "round_to": mult,
                 "profiled_round_to": table["round_to"],
             }
             rows.append(row)
             print(
-                f"{name:<9} {plan_name:<16} MACs {row['macs']:.3f}  acc {row['acc']:.4f}  "
+                f"{name:<12} {plan_name:<21} MACs {row['macs']:.3f}  acc {row['acc']:.4f}  "
                 f"batch {r['batch']:>2}  p50 {r['p50_ms']:8.3f} ms  speed-up "
-                f"{r['speedup']:.2f}x  (predicted at batch {args.profile_batch}: "
-                f"{1 / row['predicted_latency']:.2f}x)",
+                f"{r['speedup']:.2f}x  ideal {row['ideal']:.2f}x  (predicted fp32 at batch "
+                f"{args.profile_batch}: {1 / row['predicted_latency']:.2f}x)",
                 flush=True,
             )
     summary = summarize(rows)
