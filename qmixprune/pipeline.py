@@ -136,6 +136,7 @@ class Result:
     seed: int
     versions: dict
     input: dict | None = None  # shape, mean, std the model was fed (and where they come from)
+    warnings: list = field(default_factory=list)  # said at the end of the run and in report.md
     int8: dict | None = None  # the INT8 model's check: accuracies (ONNX Runtime), agreement
     device: str | None = None  # where the search, fine-tuning and evaluation ran (torch)
     model: nn.Module | None = None
@@ -205,7 +206,8 @@ def compress(
     log(f"input: {describe_input(inputs)}")
     (macs0, params0), acc0 = count(teacher, x), score(teacher)
     log(f"original: {macs0:,} MACs, {params0:,} params, {metric.replace('_', ' ')} {acc0:.4f}")
-    if not cfg.allow_untrained and evaluate is None:
+    untrained = evaluate is None and at_chance(acc0, data.num_classes, len(data.test))
+    if untrained and not cfg.allow_untrained:
         check_teacher(acc0, data.num_classes, len(data.test))
 
     found, env = run_search(
@@ -279,6 +281,11 @@ def compress(
         device=str(device),
         model=student,
     )
+    if untrained:
+        result.warnings.append(
+            f"the original model's test accuracy ({acc0:.4f}) is at chance level for "
+            f"{data.num_classes} classes: the accuracies compare noise"
+        )
     if out is not None and is_main():
         # time the result as the latency table was measured, when there is one
         threads = latency_table.get("threads") if latency_table else None
@@ -288,20 +295,25 @@ def compress(
         f"{metric.replace('_', ' ')} {acc1:.4f} ({acc1 - acc0:+.4f})"
     )
     warning = alignment_warning(result.channels, env.cfg.round_to)
-    if warning:
-        log(f"warning: {warning}")
+    for text in [*result.warnings, *([warning] if warning else [])]:
+        log(f"warning: {text}")
     if out is not None and is_main() and not cfg.keep_checkpoints:
         _remove_checkpoints(out)
     return result
 
 
-def check_teacher(acc: float, num_classes: int, n: int) -> None:
-    """Refuse a teacher whose test accuracy is within 3 standard errors of chance (1 / classes):
-    an untrained model, or inputs sized or normalised unlike its training. Pruning it would
-    report noise as gains."""
+def at_chance(acc: float, num_classes: int, n: int) -> bool:
+    """Whether a test accuracy on ``n`` samples is within 3 standard errors of chance
+    (1 / classes): an untrained model, or inputs sized or normalised unlike its training."""
     chance = 1.0 / max(num_classes, 1)
-    limit = chance + 3 * (chance * (1 - chance) / max(n, 1)) ** 0.5
-    if acc <= limit:
+    return acc <= chance + 3 * (chance * (1 - chance) / max(n, 1)) ** 0.5
+
+
+def check_teacher(acc: float, num_classes: int, n: int) -> None:
+    """Refuse a teacher at chance level (see at_chance): pruning it would report noise as
+    gains."""
+    chance = 1.0 / max(num_classes, 1)
+    if at_chance(acc, num_classes, n):
         raise UserError(
             f"the model's test accuracy is {acc:.4f}, chance level for {num_classes} classes "
             f"({chance:.3f}): is it trained, and do --input-size/--mean/--std match its training? "

@@ -109,8 +109,8 @@ def markdown_report(report: dict, plots: list[str] | tuple[str, ...] = ()) -> st
     if report.get("input"):
         lines += [f"Input: {describe_input(report['input'])}.", ""]
     warning = alignment_warning(report["channels"], report["search"].get("round_to"))
-    if warning:
-        lines += [f"**Warning**: {warning}.", ""]
+    for text in [*report.get("warnings", []), *([warning] if warning else [])]:
+        lines += [f"**Warning**: {text}.", ""]
     metric = "test_acc" if "test_acc" in o else "score"  # score: the task's evaluate()
     lines += [
         f"| | MACs | params | {metric.replace('_', ' ')} |",
