@@ -28,6 +28,7 @@ _CONFIG_KEYS = {
     "episodes": "search.episodes",
     "envs": "search.envs",
     "max_evaluations": "search.max_evaluations",
+    "patience": "search.patience",
     "steps": "search.env.steps",
     "min_channels": "search.env.min_channels",
     "epochs": "distill.epochs",
@@ -143,6 +144,11 @@ def parser() -> argparse.ArgumentParser:
             help="episodes per iteration, scored as one batch (shared across ranks under torchrun)",
         )
         sp.add_argument("--max-evaluations", type=int, help="stop after this many plans scored")
+        sp.add_argument(
+            "--patience",
+            type=int,
+            help="stop when the best reward has not improved for this many evaluations (0: never)",
+        )
         sp.add_argument("--steps", type=int, help="pruning steps per episode")
         sp.add_argument(
             "--round-to",
@@ -268,7 +274,14 @@ def parser() -> argparse.ArgumentParser:
         "--provider",
         default="cpu",
         choices=["cpu", "cuda", "tensorrt"],
-        help="ONNX Runtime execution provider",
+        help="ONNX Runtime's CPU or CUDA provider, or TensorRT engines per layer (trtexec or "
+        "TensorRT's runtime; for a Jetson)",
+    )
+    pf.add_argument(
+        "--precision",
+        default="fp16",
+        choices=["fp32", "fp16"],
+        help="engine precision with --provider tensorrt (default fp16)",
     )
     pf.add_argument(
         "--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)"
@@ -458,6 +471,7 @@ def search_config(args):
         "episodes": args.episodes,
         "envs": args.envs,
         "max_evaluations": args.max_evaluations,
+        "patience": args.patience,
         "seed": args.seed,
         "env": {
             "target_flops": args.target_flops,
@@ -473,6 +487,7 @@ def search_config(args):
 def _search(args) -> int:
     from .device import resolve
     from .pipeline import run_search
+    from .report import early_stop_text
 
     cfg = search_config(args)
     if args.target_latency is not None and args.target_flops is None:
@@ -491,7 +506,8 @@ def _search(args) -> int:
     if not args.quiet:
         print(
             f"best val reward {result.reward:.4f} at {result.macs_ratio:.4f} of the MACs after "
-            f"{result.evaluations} evaluations ({result.seconds:.0f} s); wrote {out}/"
+            f"{result.evaluations} evaluations ({result.seconds:.0f} s)"
+            f"{early_stop_text(result.early_stop)}; wrote {out}/"
         )
     return EXIT_OK
 
@@ -511,6 +527,7 @@ def compress_config(args):
             "episodes": args.episodes,
             "envs": args.envs,
             "max_evaluations": args.max_evaluations,
+            "patience": args.patience,
             "env": {
                 "steps": args.steps,
                 "round_to": args.round_to,
@@ -650,9 +667,11 @@ def _profile(args) -> int:
     from .budget import CostModel
     from .device import resolve
     from .graph import analyze
-    from .latency import format_table, profile, save_table
+    from .latency import engine_timer, format_table, profile, save_table
 
     device = resolve(args.device)
+    # TensorRT: every layer and whole model timed as its own engine (checked before loading)
+    timer = engine_timer(args.precision, args.runs) if args.provider == "tensorrt" else None
     model, x = _load(args)
     model, x = model.to(device), x.to(device)  # the torch side (tracing, pruned copies, export)
     cost = CostModel(model, analyze(model, x), x)
@@ -667,6 +686,7 @@ def _profile(args) -> int:
         args.round_to,
         args.runs,
         progress=lambda msg: print(f"  {msg}", flush=True),
+        timer=timer,
     )
     save_table(table, args.output)
     print(format_table(table))

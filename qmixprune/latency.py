@@ -69,6 +69,55 @@ def ort_timer(provider: str = "cpu", threads: int | None = None, runs: int = 20)
     return timer
 
 
+def engine_timer(precision: str = "fp16", runs: int = 20, run=None) -> Timer:
+    """TensorRT on this device: each module becomes its own engine (a free batch axis, a
+    profile around the timed batch; float16 weights and I/O for ``fp16``, so that strongly
+    typed builds run it in fp16), timed by trtexec or TensorRT's runtime (``trt_engine``).
+    Not run here (no GPU): written against the documented API, tested up to the tools."""
+    import subprocess
+    import tempfile
+
+    from . import trt_engine
+    from .export import _to_fp16
+
+    if not trt_engine.available():
+        raise UserError(trt_engine.INSTALL_HINT)
+    if precision not in ("fp32", "fp16"):
+        raise UserError(f"profiling engines takes fp32 or fp16, got {precision!r}")
+    run = run or subprocess.run
+
+    def timer(modules: list[nn.Module], shape: tuple) -> list[np.ndarray]:
+        import onnx
+
+        out = []
+        batch = shape[0]
+        profile = trt_engine.BatchProfile(1, batch, max(batch, 1))
+        with tempfile.TemporaryDirectory() as d:
+            for i, m in enumerate(modules):
+                path = Path(d) / f"m{i}.onnx"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(
+                        m.eval().cpu(),
+                        (torch.randn(*shape),),
+                        str(path),
+                        dynamo=False,
+                        input_names=["input"],
+                        output_names=["output"],
+                        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                    )
+                if precision == "fp16":
+                    onnx.save(_to_fp16(onnx.load(str(path))), str(path))
+                engine = trt_engine.build_engine(
+                    path, Path(d) / f"m{i}.engine", precision, profile, run=run
+                )
+                row = trt_engine.time_engine(engine, batch, runs, run=run)
+                out.append(np.array([row["p50_ms"]]))
+        return out
+
+    return timer
+
+
 def _layer(m: nn.Module, c_in: int, c_out: int) -> nn.Module:
     if isinstance(m, nn.Linear):
         return nn.Linear(c_in, c_out, bias=m.bias is not None)

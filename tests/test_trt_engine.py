@@ -122,7 +122,10 @@ class FakeTrtexec:
         for a in argv:
             if a.startswith("--saveEngine="):
                 Path(a.split("=", 1)[1]).write_bytes(b"engine")
-        out = LOG.read_text() if any(a.startswith("--loadEngine") for a in argv) else ""
+        out = ""
+        shapes = [a.split(":", 1)[1] for a in argv if a.startswith("--shapes=")]
+        if shapes:  # a timing run: the log of the shape asked for
+            out = LOG.read_text().replace("32x3x32x32", shapes[0])
         return subprocess.CompletedProcess(argv, 0, out, "")
 
 
@@ -162,3 +165,22 @@ def test_export_tensorrt_arguments_are_checked_first(tmp_path, capsys, monkeypat
     assert main([*base, "--trt-batch", "8,1,32"]) == 2
     assert "min <= opt <= max" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_profile_on_tensorrt_engines(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from qmixprune.latency import engine_timer
+
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)
+    out = tmp_path / "t.json"
+    argv = ["profile", "alexnet", "--width", "0.125", "--provider", "tensorrt", "-o", str(out)]
+    assert main(argv) == 2 and "TensorRT is not installed" in capsys.readouterr().err
+    monkeypatch.setattr(trt_engine, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    fake = FakeTrtexec()
+    timer = engine_timer("fp16", runs=5, run=fake)
+    (ms,) = timer([torch.nn.Conv2d(4, 8, 3, padding=1)], (2, 4, 8, 8))
+    assert np.allclose(ms, [0.4855])  # trtexec's GPU compute median, parsed
+    build = next(c for c in fake.calls if any(a.startswith("--saveEngine") for a in c))
+    assert "--stronglyTyped" in build and "--maxShapes=input:2x4x8x8" in build  # fp16 model
+    assert "--shapes=input:2x4x8x8" in fake.calls[-1]
