@@ -28,6 +28,7 @@ from .report import (
     PLOTS,
     alignment_warning,
     describe_input,
+    early_stop_text,
     markdown_report,
     plan_json,
     plot_channels,
@@ -230,8 +231,8 @@ def compress(
         calib if calib is not None else loader(data.train, cfg.distill.batch_size, True, cfg.seed),
     )
     log(
-        f"search: best val reward {found.reward:.4f} at {found.macs_ratio:.4f} of the MACs; "
-        f"distilling {cfg.distill.epochs} epochs"
+        f"search: best val reward {found.reward:.4f} at {found.macs_ratio:.4f} of the MACs"
+        f"{early_stop_text(found.early_stop)}; distilling {cfg.distill.epochs} epochs"
     )
 
     history: list[dict] = []  # without data= there is nothing to fine-tune on (epochs 0)
@@ -269,6 +270,7 @@ def compress(
             "episodes": found.episodes,
             "seconds": round(found.seconds, 1),
             "round_to": env.cfg.round_to,
+            "early_stop": found.early_stop,
             # the latency model's prediction, to set against the measured speed-up below
             "predicted_latency": env.latency.ratio(found.counts) if env.latency else None,
             "latency_table_batch": latency_table.get("batch") if latency_table else None,

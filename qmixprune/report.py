@@ -120,7 +120,8 @@ def markdown_report(report: dict, plots: list[str] | tuple[str, ...] = ()) -> st
         f"({p['params'] / o['params']:.3f}) | {p[metric]:.4f} |",
         "",
         f"Search: best val reward {report['search']['reward']:.4f} after "
-        f"{report['search']['evaluations']} evaluations in {report['search']['seconds']} s.",
+        f"{report['search']['evaluations']} evaluations in {report['search']['seconds']} s"
+        f"{early_stop_text(report['search'].get('early_stop'))}.",
     ]
     search = report["search"]
     if search.get("predicted_latency") is not None:
@@ -160,6 +161,16 @@ def markdown_report(report: dict, plots: list[str] | tuple[str, ...] = ()) -> st
     lines += ["", "| group | channels before | after |", "|---|---|---|"]
     lines += [f"| {g} | {c['before']} | {c['after']} |" for g, c in report["channels"].items()]
     return "\n".join(lines) + "\n"
+
+
+def early_stop_text(stop: dict | None) -> str:
+    """``; stopped early at episode 64: ...`` for a search that stopped early, else ``""``."""
+    if not stop:
+        return ""
+    return (
+        f"; stopped early at episode {stop['episode']}: no better plan in the "
+        f"{stop['patience']} evaluations after the best (evaluation {stop['best_evaluation']})"
+    )
 
 
 def describe_input(inp: dict) -> str:

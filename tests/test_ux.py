@@ -116,6 +116,7 @@ def test_presets_layer_under_config_and_flags(tmp_path):
         == compress_config(_args("--preset", "default")).search.episodes
     )
     assert compress_config(_args("--preset", "quick", "--episodes", "7")).search.episodes == 7
+    assert compress_config(_args("--preset", "quick", "--patience", "9")).search.patience == 9
     cfg = tmp_path / "c.yaml"
     cfg.write_text("distill:\n  epochs: 2\n")
     both = compress_config(_args("--preset", "thorough", "--config", str(cfg)))
@@ -173,6 +174,9 @@ def test_report_embeds_plots_states_inputs_and_warns_on_unaligned_widths():
     assert "Warning" not in md
     md = markdown_report(_report(4, 1))
     assert "**Warning**: 1 of 1 pruned groups" in md and "--round-to 8" in md
+    rep = _report(32, 8)
+    rep["search"]["early_stop"] = {"episode": 9, "best_evaluation": 4, "patience": 5}
+    assert "stopped early at episode 9" in markdown_report(rep)
     assert "multiples of 16" in alignment_warning(_report(40, 16)["channels"], 16)
     assert alignment_warning(_report(48, 16)["channels"], 16) is None
 
