@@ -12,13 +12,17 @@ from .errors import UserError
 PRESETS: dict[str, dict] = {
     # a first look: a short search and a few epochs
     "quick": {
-        "search": {"episodes": 40, "env": {"reward_batches": 2, "calib_batches": 4}},
+        "search": {
+            "episodes": 40,
+            "patience": 20,
+            "env": {"reward_batches": 2, "calib_batches": 4},
+        },
         "distill": {"epochs": 3},
     },
     # the config dataclasses' own defaults
     "default": {},
-    # a longer search and fine-tuning, for the result you ship
-    "thorough": {"search": {"episodes": 400}, "distill": {"epochs": 30}},
+    # a longer search, never stopped early, and longer fine-tuning: for the result you ship
+    "thorough": {"search": {"episodes": 400, "patience": 0}, "distill": {"epochs": 30}},
 }
 
 
@@ -51,6 +55,6 @@ def sizes(name: str) -> dict:
     return {
         "episodes": cfg.search.episodes,
         "max_evaluations": cfg.search.max_evaluations,
-        "patience": getattr(cfg.search, "patience", None),
+        "patience": cfg.search.patience,
         "epochs": cfg.distill.epochs,
     }
