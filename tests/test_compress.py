@@ -48,6 +48,9 @@ def test_python_api_result_and_outputs(tmp_path, model_file):
         "finetune_curve.png",
         "search_log.jsonl",
     } <= names
+    from qmixprune.outdir import OUTPUTS
+
+    assert names <= set(OUTPUTS)  # --overwrite clears exactly what a run writes
     rep = json.loads((out / "report.json").read_text())
     assert rep["target_flops"] == 0.5 and 0 <= rep["pruned"]["test_acc"] <= 1
     assert {"macs", "params", "test_acc"} <= set(rep["original"])
