@@ -19,6 +19,9 @@ from pathlib import Path
 
 START = "<!-- config-keys:start (python -m qmixprune.configdoc --write README.md) -->"
 END = "<!-- config-keys:end -->"
+# optional second block: the sizes of compress --preset (qmixprune/presets.py)
+PRESETS_START = "<!-- presets:start (python -m qmixprune.configdoc --write README.md) -->"
+PRESETS_END = "<!-- presets:end -->"
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -94,13 +97,36 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def presets_table() -> str:
+    """The sizes of each ``compress --preset``, defaults filled in."""
+    from .presets import PRESETS, sizes
+
+    lines = [
+        "| preset | episodes | max evaluations | patience | distillation epochs |",
+        "|---|---|---|---|---|",
+    ]
+    for name in PRESETS:
+        z = sizes(name)
+        cap = "no limit" if z["max_evaluations"] is None else z["max_evaluations"]
+        patience = z["patience"] or "never stops early"
+        lines.append(f"| `{name}` | {z['episodes']} | {cap} | {patience} | {z['epochs']} |")
+    return "\n".join(lines)
+
+
+def _replace(text: str, start: str, end: str, block: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}\n{end}{tail}"
+
+
 def render(text: str) -> str:
-    """``text`` with the block between the markers replaced by the current table."""
+    """``text`` with the blocks between the markers replaced by the current tables."""
     if START not in text or END not in text or text.index(START) > text.index(END):
         raise ValueError(f"markers not found: put {START!r} and {END!r} on their own lines")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table()}\n{END}{tail}"
+    text = _replace(text, START, END, table())
+    if PRESETS_START in text and PRESETS_END in text:
+        text = _replace(text, PRESETS_START, PRESETS_END, presets_table())
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
