@@ -501,6 +501,8 @@ def _search(args) -> int:
     model.to(device)
     data = _load_data(args, cfg.seed)
     _check_run(model, data, table)
+    if not args.quiet:
+        print(f"input: {_describe_input(data)}")
     with _owned_out(args) as out:
         result, _ = run_search(model, data, cfg, out, args.resume, args.quiet, table, device=device)
     if not args.quiet:
@@ -556,6 +558,12 @@ def _load_data(args, seed: int):
         )
     size = args.input_size_used if args.data == "imagefolder" else 32
     return load_data(args.data, args.data_dir, args.download, seed, image_size=size, norm=norm)
+
+
+def _describe_input(data) -> str:
+    from .inputs import describe
+
+    return describe(data.input_shape, data.mean, data.std, data.norm_source)
 
 
 def _check_teacher(model, data) -> None:
