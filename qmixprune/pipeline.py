@@ -22,6 +22,7 @@ from .errors import UserError
 from .export import export_onnx
 from .flops import count
 from .outdir import check_same_config
+from .precheck import check_classes
 from .progress import progress
 from .pruning import apply_plan, plan_for_counts
 from .report import (
@@ -180,10 +181,6 @@ def compress(
     device = resolve(cfg.device)  # the run's one device decision; every stage below gets it
     log = (lambda *a: None) if quiet else print
     out = Path(out) if out is not None else None
-    if out is not None and is_main():
-        if resume:  # refuse another configuration before rewriting the record of this one
-            check_same_config(out, "config.json", as_dict(cfg))
-        write_json(out / "config.json", as_dict(cfg))
     if data is None and (evaluate is None or calib is None):
         raise UserError("compress needs data=, unless both evaluate= and calib= are given")
     if data is None and cfg.distill.epochs > 0:
@@ -195,6 +192,14 @@ def compress(
         calib = list(itertools.islice(calib, max(cfg.search.env.calib_batches, 1)))
         if not calib:
             raise UserError("calib= is empty: give at least one batch of model inputs")
+    if data is not None and evaluate is None and train_step is None:  # classification
+        where = next(model.parameters(), torch.empty(0)).device
+        x0 = torch.zeros(1, *data.input_shape, device=where)
+        check_classes(model, data.num_classes, x0)
+    if out is not None and is_main():  # everything checkable was checked: OUT is touched
+        if resume:  # refuse another configuration before rewriting the record of this one
+            check_same_config(out, "config.json", as_dict(cfg))
+        write_json(out / "config.json", as_dict(cfg))
     metric = "score" if evaluate is not None else "test_acc"
 
     def score(m: nn.Module) -> float:

@@ -362,3 +362,14 @@ def test_config_types(values, message):
 def test_config_types_accept_what_fits():
     cfg = build(CompressConfig, {"target_flops": None, "distill": {"lr": 1}, "seed": 3})
     assert cfg.target_flops is None and cfg.distill.lr == 1.0 and isinstance(cfg.distill.lr, float)
+
+
+def test_api_checks_classes_before_writing(tmp_path):
+    from qmixprune.data import load_data
+    from qmixprune.pipeline import compress
+
+    with pytest.raises(UserError, match="10 classes but the model has 5 outputs"):
+        compress(
+            create("vgg16", width=0.125, num_classes=5), load_data("digits"), out=tmp_path / "o"
+        )
+    assert not (tmp_path / "o").exists()
