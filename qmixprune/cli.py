@@ -256,15 +256,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="MIN,OPT,MAX",
         help="the engine's batch profile (default 1,8,32)",
     )
-    ex.add_argument(
-        "--data",
-        "--calib-data",
-        dest="data",
-        default="digits",
-        choices=DATASETS,
-        help="data set for INT8 calibration and the accuracy check (default digits)",
-    )
-    ex.add_argument("--data-dir", help="where that data set lies")
+    data_args(ex)  # --int8: calibration on its training set, the check on its test set
+    ex.add_argument("--calib-data", dest="data", choices=DATASETS, help=argparse.SUPPRESS)
     from .bench import add_arguments as bench_arguments
 
     bench_arguments(sub.add_parser("bench", help="ONNX Runtime latency of ONNX models"))
@@ -736,10 +729,9 @@ def _export(args) -> int:
     else:
         import tempfile
 
-        from .data import load_data
         from .quantize import quantize_checked
 
-        data = load_data(args.data, args.data_dir, image_size=args.input_size)
+        data = _load_data(args, seed=0)
         with tempfile.TemporaryDirectory() as d:
             dynamic = not args.fixed_batch
             fp32 = export_onnx(

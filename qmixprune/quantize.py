@@ -122,10 +122,16 @@ def quantize(
     os.close(fd)
     os.chmod(tmp, file_mode())  # the umask's mode, not mkstemp's 0600
     try:
-        if quantizer == "modelopt":
-            _quantize_modelopt(Path(fp32_path), Path(tmp), calibration)
-        else:
-            _quantize_ort(Path(fp32_path), Path(tmp), calibration)
+        try:
+            if quantizer == "modelopt":
+                _quantize_modelopt(Path(fp32_path), Path(tmp), calibration)
+            else:
+                _quantize_ort(Path(fp32_path), Path(tmp), calibration)
+        except UserError:
+            raise
+        except Exception as exc:  # the quantizers' own errors, deep inside them
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"{quantizer} could not quantize {fp32_path}: {first}") from exc
         os.replace(tmp, out_path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -204,9 +210,15 @@ def logits(onnx_path: str | Path, inputs: Iterable[np.ndarray], batch: int = 64)
     fixed = sess.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) else batch
     xs = np.concatenate([np.asarray(x, dtype=np.float32) for x in inputs])
-    return np.concatenate(
-        [sess.run(None, {name: xs[i : i + step]})[0] for i in range(0, len(xs), step)]
-    )
+    out = []
+    for i in range(0, len(xs), step):
+        chunk = xs[i : i + step]
+        if isinstance(fixed, int) and len(chunk) < step:  # a fixed batch: pad, then trim
+            chunk = np.concatenate(
+                [chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)]
+            )
+        out.append(sess.run(None, {name: chunk})[0][: len(xs) - i])
+    return np.concatenate(out)
 
 
 def compare(

@@ -141,3 +141,11 @@ def test_compress_int8_outputs(tmp_path, monkeypatch, fail):
         assert (out / "model.int8.onnx").is_file() and 0 <= rep["int8"]["int8_test_acc"] <= 1
         assert names == ["original", "pruned", "pruned-int8"] * 2
         assert "INT8 (model.int8.onnx" in md
+
+
+def test_fixed_batch_model_quantizes_and_checks_every_sample(tmp_path):
+    m = create("alexnet", width=0.25).eval()
+    fixed = export_onnx(m, tmp_path / "f.onnx", X.repeat(4, 1, 1, 1), dynamic_batch=False).path
+    res = quantize_checked(fixed, tmp_path / "f.int8.onnx", samples(10), samples(7, seed=1), 2)
+    assert res.calib_samples == 8 and input_shape(res.path)[1][0] == 4  # whole batches only
+    assert res.agreement >= MIN_AGREEMENT and res.fp32_acc is not None  # all 7 test samples
