@@ -82,10 +82,15 @@ CHECKPOINTS = ("search_checkpoint.pt", "distill_checkpoint.pt")
 
 
 def check_checkpoints(out) -> None:
-    """On ``--resume``: a damaged (truncated) checkpoint is refused now, not after the
-    search it would resume or the search before it."""
+    """On ``--resume``: a missing search checkpoint or a damaged (truncated) one is refused
+    now, not after the model and data are loaded and the search environment is built."""
     from pathlib import Path
 
+    if not (Path(out) / CHECKPOINTS[0]).is_file():  # what the search would say after minutes
+        raise UserError(
+            f"nothing to resume: no {CHECKPOINTS[0]} in {out} (the run stopped before its first "
+            "checkpoint, or finished): rerun without --resume, with --overwrite to replace it"
+        )
     for name in CHECKPOINTS:
         path = Path(out) / name
         if not path.is_file():

@@ -146,6 +146,10 @@ def _setup(case, tmp, model_file, monkeypatch):
         torch.save({"student": create("vgg16", width=0.125).state_dict()}, buf)
         (out / "distill_checkpoint.pt").write_bytes(buf.read_bytes()[:5000])
         buf.unlink()
+        torch.save({"episode": 3}, out / "search_checkpoint.pt")  # the search's is fine
+        return _compress(model_file, out, "--resume")
+    if case == "resume_nothing":  # killed before the first checkpoint
+        _marked(out, "search_log.jsonl")
         return _compress(model_file, out, "--resume")
     if case == "target_latency_zero":
         return _compress(model_file, out, "--target-latency", "0")
@@ -196,6 +200,7 @@ CASES = [
     ("table_other_model", "made for another model"),
     ("resume_other_config", "another configuration"),
     ("resume_truncated_checkpoint", "distill_checkpoint.pt is damaged"),
+    ("resume_nothing", "nothing to resume: no search_checkpoint.pt"),
     ("target_latency_zero", "target_latency must be in (0, 1)"),
     ("overwrite_and_resume", "contradict"),
     ("export_to_folder", "is a folder"),
