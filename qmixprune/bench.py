@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .outdir import check_file
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 PROVIDERS = {
@@ -263,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch takes comma-separated integers, got {args.batch!r}") from None
     if not batches or min(batches) < 1 or args.runs < 1:
         raise UserError("--batch sizes and --runs must be >= 1")
+    if args.json:  # before the timing, not after it
+        check_file(args.json, "--json")
     report = bench(
         args.models,
         batches,

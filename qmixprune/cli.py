@@ -347,10 +347,8 @@ def _check_output_file(args) -> None:
     any work; output folders are checked by outdir.check."""
     from .outdir import check_file
 
-    if args.command in ("prune", "export", "profile"):
+    if args.command in ("prune", "export", "profile"):  # bench checks its --json itself
         check_file(args.output)
-    elif args.command == "bench" and getattr(args, "json", None):
-        check_file(args.json, "--json")
 
 
 def _load(args):
