@@ -408,6 +408,7 @@ def _time_python(engine_path: Path, batch: int, runs: int, warmup: int) -> dict:
     trt = _trt()
     try:
         from polygraphy import cuda
+        from polygraphy.datatype import DataType
     except ImportError as exc:
         raise UserError(
             "timing an engine without trtexec needs polygraphy's CUDA wrapper: "
@@ -431,16 +432,18 @@ def _time_python(engine_path: Path, batch: int, runs: int, warmup: int) -> dict:
         if not context.set_input_shape(name, shape):
             raise UserError(f"TensorRT refused input shape {shape} for {name}")
         ran = shape[0]
-        host = np.random.default_rng(0).standard_normal(shape)
-        buf = cuda.DeviceArray(shape=tuple(shape), dtype=trt.nptype(engine.get_tensor_dtype(name)))
-        buf.copy_from(host.astype(buf.dtype), stream)
+        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        host = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+        buf = cuda.DeviceArray(shape=tuple(shape), dtype=DataType.from_dtype(dtype))
+        buf.copy_from(host, stream)
         buffers.append(buf)
         context.set_tensor_address(name, buf.ptr)
     for name in names:
         if name in inputs:
             continue
         shape = tuple(context.get_tensor_shape(name))
-        buf = cuda.DeviceArray(shape=shape, dtype=trt.nptype(engine.get_tensor_dtype(name)))
+        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        buf = cuda.DeviceArray(shape=shape, dtype=DataType.from_dtype(dtype))
         buffers.append(buf)
         context.set_tensor_address(name, buf.ptr)
     for _ in range(warmup):

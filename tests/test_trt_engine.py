@@ -184,3 +184,98 @@ def test_profile_on_tensorrt_engines(tmp_path, capsys, monkeypatch):
     build = next(c for c in fake.calls if any(a.startswith("--saveEngine") for a in c))
     assert "--stronglyTyped" in build and "--maxShapes=input:2x4x8x8" in build  # fp16 model
     assert "--shapes=input:2x4x8x8" in fake.calls[-1]
+
+
+def fake_tensorrt(accept_shape=True):
+    """Just enough of TensorRT's runtime API (10.x names) to drive the timing loop."""
+    import types
+
+    import numpy as np
+
+    class Engine:
+        num_io_tensors = 2
+        names = ["input", "output"]
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return "in" if name == "input" else "out"
+
+        def get_tensor_shape(self, name):
+            return [-1, 3, 32, 32] if name == "input" else [-1, 10]
+
+        def get_tensor_profile_shape(self, name, index):
+            return [1, 3, 32, 32], [8, 3, 32, 32], [32, 3, 32, 32]
+
+        def get_tensor_dtype(self, name):
+            return "float"
+
+        def create_execution_context(self):
+            return Context()
+
+    class Context:
+        shapes = {}
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = shape
+            return accept_shape
+
+        def get_tensor_shape(self, name):
+            return [self.shapes["input"][0], 10]
+
+        def set_tensor_address(self, name, ptr):
+            pass
+
+        def execute_async_v3(self, stream):
+            return True
+
+    trt = types.SimpleNamespace(
+        __version__="10.3.0",
+        Logger=type("Logger", (), {"WARNING": 0, "__init__": lambda self, level=0: None}),
+        Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda b: Engine()),
+        TensorIOMode=types.SimpleNamespace(INPUT="in"),
+        nptype=lambda t: np.float32,
+    )
+    cuda = types.ModuleType("polygraphy.cuda")
+    cuda.Stream = type(
+        "Stream", (), {"ptr": 1, "synchronize": lambda s: None, "free": lambda s: None}
+    )
+
+    class DeviceArray:
+        def __init__(self, shape, dtype):
+            self.shape, self.ptr = shape, 2
+
+        def copy_from(self, host, stream=None):
+            assert host.shape == self.shape
+
+        def free(self):
+            pass
+
+    cuda.DeviceArray = DeviceArray
+    datatype = types.ModuleType("polygraphy.datatype")
+    datatype.DataType = types.SimpleNamespace(from_dtype=lambda d: d)
+    poly = types.ModuleType("polygraphy")
+    poly.cuda, poly.datatype = cuda, datatype
+    return trt, {"polygraphy": poly, "polygraphy.cuda": cuda, "polygraphy.datatype": datatype}
+
+
+@pytest.mark.parametrize("accept", [True, False])
+def test_runtime_timing_loop_checks_shapes_and_reports_the_batch_run(tmp_path, monkeypatch, accept):
+    import sys
+
+    trt, modules = fake_tensorrt(accept)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    for name, mod in modules.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(trt_engine, "_trtexec", lambda: None)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"engine")  # no sidecar: the engine's own profile is read
+    if not accept:
+        with pytest.raises(UserError, match="refused input shape"):
+            trt_engine.time_engine(engine, batch=4, runs=3, warmup=1)
+        return
+    row = trt_engine.time_engine(engine, batch=4, runs=3, warmup=1)
+    assert row["batch"] == 4 and row["throughput"] > 0 and row["tool"] == "tensorrt"
+    with pytest.raises(UserError, match="batch 64 is outside the engine's profile \\(1..32\\)"):
+        trt_engine.time_engine(engine, batch=64, runs=3)
