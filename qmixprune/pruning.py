@@ -24,6 +24,8 @@ from .rounding import round_to_multiple
 # width before any pruning, "keep": kept indices of those}}.
 PLAN_ATTR = "qmixprune_plan"
 SHAPE_ATTR = "qmixprune_input_shape"
+# the submodules analysed when the model could not be traced whole (restored the same way)
+PARTS_ATTR = "qmixprune_parts"
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,13 @@ def slot_indices(
     return torch.cat(parts) if changed else None
 
 
+def _device(m: nn.Module) -> torch.device | None:
+    """Where a module's own tensors are (None: it has none)."""
+    t = next(m.parameters(recurse=False), None)
+    t = t if t is not None else next(m.buffers(recurse=False), None)
+    return t.device if t is not None else None
+
+
 def plan_cuts(model: nn.Module, graph: Graph, plan: Plan):
     """What removing ``plan`` cuts: ``(keys, tensors, rows, cols, sizes)`` where ``keys[i]``
     is (module, tensor name) of ``tensors[i]``, kept along dim 0 by ``rows[i]`` and dim 1 by
@@ -169,10 +178,10 @@ def plan_cuts(model: nn.Module, graph: Graph, plan: Plan):
     cuts: dict[tuple[str, str], list] = {}
     sizes: dict[str, dict[str, int]] = {}
     for slot in graph.slots:
-        idx = slot_indices(graph, plan, slot.segs)
+        m = modules[slot.module]
+        idx = slot_indices(graph, plan, slot.segs, _device(m))
         if idx is None:
             continue
-        m = modules[slot.module]
         if slot.kind == "gconv_in":  # every block keeps these positions (_check_periods)
             cuts.setdefault((slot.module, "weight"), [None, None])[1] = idx[: len(idx) // m.groups]
             sizes.setdefault(slot.module, {})["in_channels"] = len(idx)
@@ -206,6 +215,8 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
             setattr(modules[m], attr, (n,) if attr == "normalized_shape" else n)
     setattr(new, PLAN_ATTR, compose_plans(carried_plan(model), graph, plan))
     setattr(new, SHAPE_ATTR, list(graph.input_shape))
+    if graph.parts:
+        setattr(new, PARTS_ATTR, list(graph.parts))
     return new
 
 

@@ -30,7 +30,7 @@ from . import models
 from .errors import UserError
 from .graph import Graph, analyze
 from .outdir import file_mode
-from .pruning import SHAPE_ATTR, Plan, apply_plan, carried_plan, plan_for_counts
+from .pruning import PARTS_ATTR, SHAPE_ATTR, Plan, apply_plan, carried_plan, plan_for_counts
 
 FORMAT = "qmixprune/1"
 
@@ -55,6 +55,7 @@ def save(model: nn.Module, path: str | os.PathLike, input_shape=(3, 32, 32)) -> 
         "plan": json.dumps(plan),
         "channels": json.dumps({k: len(v["keep"]) for k, v in plan.items()}),
         "input_shape": json.dumps(list(shape)),
+        "parts": json.dumps(getattr(model, PARTS_ATTR, None)),
         "digest": _digest(tensors),
     }
     return atomic_write_bytes(path, st_save(tensors, metadata=meta))
@@ -84,6 +85,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     try:
         spec = json.loads(meta["arch"])
         shape = tuple(json.loads(meta["input_shape"]))
+        parts = json.loads(meta.get("parts", "null"))
         # files written before plans carried indices hold kept counts only
         plan = json.loads(meta["plan"]) if "plan" in meta else None
         counts = json.loads(meta["channels"]) if plan is None else None
@@ -99,7 +101,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     elif carried_plan(model):
         raise UserError("model= must be an unpruned instance (this one was pruned already)")
     if plan or counts:
-        graph = _graph(model, shape)
+        graph = _graph(model, shape, parts)
         if plan is not None:
             _check_fits(plan, graph, path)
             model = apply_plan(model, graph, Plan({k: tuple(v["keep"]) for k, v in plan.items()}))
@@ -154,12 +156,12 @@ def model_factory(text: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _graph(model: nn.Module, shape) -> Graph:
+def _graph(model: nn.Module, shape, parts: list[str] | None = None) -> Graph:
     param = next(model.parameters(), None)
     x = torch.zeros(1, *shape, device=param.device if param is not None else None)
     with warnings.catch_warnings():  # the analysis warned when the model was pruned
         warnings.simplefilter("ignore")
-        return analyze(model, x)
+        return analyze(model, x, parts or None)
 
 
 def _check_fits(plan: dict[str, dict], graph: Graph, path: Path) -> None:

@@ -172,3 +172,34 @@ def test_model_factory_cli(tmp_path, monkeypatch, capsys):
         assert main(["count", "p.safetensors", "--model-factory", bad]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.splitlines()) == 1, err
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx traces only its parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3)
+        )
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.body(x)
+        if y.sum() > 0:
+            y = -y
+        return self.head(y)
+
+
+def test_named_parts_are_restored(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = q.prune(_fresh(Branchy), X, 0.5, parts=["body"]).eval()
+    assert pruned.body[0].out_channels == 4
+    path = q.save(pruned, tmp_path / "m.safetensors")
+    head = path.read_bytes()
+    meta = json.loads(head[8 : 8 + int.from_bytes(head[:8], "little")])["__metadata__"]
+    assert json.loads(meta["parts"]) == ["body"]
+    assert torch.equal(q.load(path, model=Branchy())(X), pruned(X))
