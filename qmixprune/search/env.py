@@ -75,7 +75,8 @@ def default_round_to(latency) -> int:
 
 
 class PruningEnv:
-    """Evaluates plans for one trained model; ``reset``/``step`` drive one episode."""
+    """The episode dynamics for one trained model: ``reset``/``step`` drive an episode,
+    ``project`` puts its keep fractions on the budget, and ``evaluator`` scores the plan."""
 
     def __init__(
         self,
