@@ -1,27 +1,35 @@
-"""How many torchvision classifiers qmixprune prunes, next to Torch-Pruning.
+"""How many torchvision and timm classifiers qmixprune prunes, next to Torch-Pruning, on
+equal terms.
 
-For every classification model (those over ~1 GB of weights skipped): prune 30 % of each
-group's channels by L1, check that the forward runs, the output shape is unchanged, the
-MACs fall, and that save/load round-trips exactly. The same with Torch-Pruning (if
-installed: pip install torch-pruning) in the same run.
+Both tools get the same model (same seed), the same input, a 30 % ratio per group by L1
+magnitude, and the same ignored layers: every layer that produces the model's output
+(found by qmixprune's graph, e.g. SqueezeNet's 1x1-conv classifier; else the last
+Conv/Linear to run). A model passes when the pruned forward runs, the output shape is
+unchanged, at least 20 % of the MACs are cut (same counter for both) and the tool's own
+save/restore round trip onto a fresh instance gives equal outputs (qmixprune: save /
+load(path, model=fresh); Torch-Pruning: tp.state_dict / tp.load_state_dict, which pickles).
 
-    python benchmarks/coverage.py [--models a,b] [--json F]
+Each (model, tool) runs in its own process, killed past --mem-gb of resident memory or
+--timeout seconds (Torch-Pruning's tracer was OOM-killed at 24 GB on Swin-T here), so one
+model cannot take the run down; such kills are reported as failures.
+
+    flock /tmp/qmixprune-heavy.lock python benchmarks/coverage.py [--models a,b]
+        [--section torchvision|timm] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
-import torchvision
-
-import qmixprune as q
-from qmixprune.models import create
 
 TOO_BIG = {
     "vit_h_14",
@@ -39,117 +47,274 @@ TOO_BIG = {
     "maxvit_t",
 }  # > ~1 GB to build and trace here, or heavy
 
+# one small member of each CNN family (timm names)
+TIMM = [
+    "resnet18",
+    "resnext26ts",
+    "regnetx_002",
+    "efficientnet_b0",
+    "mobilenetv3_small_050",
+    "ghostnet_050",
+    "convnext_atto",
+    "densenet121",
+    "dla34",
+    "hrnet_w18_small",
+    "rexnet_100",
+    "cspresnet50",
+    "dpn68",
+    "res2net50_14w_8s",
+    "mixnet_s",
+]
+RATIO = 0.3
+MAX_KEPT = 0.8  # a pass cuts at least 20 % of the MACs
 
-# Torch-Pruning's tracer exhausts memory on Swin (over 18 GB seen here; 24 GB was
-# OOM-killed in this benchmark), so it is not run on them
-TP_SKIP = ("swin",)
+
+def input_size(source: str, name: str) -> int:
+    if source == "torchvision" and name.startswith(("vit", "swin", "maxvit")):
+        return 224
+    return 299 if "inception" in name else 64
 
 
-def input_size(name: str) -> int:
-    return 224 if name.startswith(("vit", "swin", "maxvit")) else 299 if "inception" in name else 64
+def build(source: str, name: str) -> torch.nn.Module:
+    from qmixprune.models import create
+
+    torch.manual_seed(0)  # both tools prune the same weights
+    return create(f"{source}:{name}").eval()
 
 
-def ours(name: str) -> str:
-    model = create(f"torchvision:{name}").eval()
-    x = torch.randn(1, 3, input_size(name), input_size(name))
+def output_layers(model: torch.nn.Module, x: torch.Tensor) -> list[str]:
+    """Modules whose channels are the model's output, by qmixprune's graph; else the last
+    Conv/Linear to run."""
+    import qmixprune as q
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = q.analyze(model, x)
+        names = [
+            s.module
+            for g in graph.groups
+            if "the model's output" in g.reason
+            for s in g.slots
+            if s.kind in ("conv_out", "linear_out")
+        ]
+        if names:
+            return sorted(set(names))
+    except Exception:  # untraceable: fall back to execution order
+        pass
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda *_, n=n: order.append(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return order[-1:]
+
+
+def _outputs_equal(a, b) -> bool:
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def ours(source: str, name: str, x: torch.Tensor) -> dict:
+    import qmixprune as q
+
+    model = build(source, name)
+    ignored = output_layers(model, x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruned = q.prune(model, x, 0.3).eval()
+        pruned = q.prune(model, x, RATIO).eval()
     with torch.no_grad():
         y0, y1 = model(x), pruned(x)
+    result = {"ignored": ignored, "kept": q.count(pruned, x)[0] / q.count(model, x)[0]}
     if y0.shape != y1.shape:
-        return f"output shape {tuple(y1.shape)} != {tuple(y0.shape)}"
-    if q.count(pruned, x)[0] >= q.count(model, x)[0]:
-        return "MACs did not fall"
-    with tempfile.TemporaryDirectory() as d:
-        loaded = q.load(q.save(pruned, Path(d) / "m.safetensors", input_shape=x.shape[1:]))
+        return {**result, "status": f"output shape {tuple(y1.shape)} != {tuple(y0.shape)}"}
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = q.load(q.save(pruned, Path(d) / "m.safetensors"), model=build(source, name))
         with torch.no_grad():
-            if not torch.equal(loaded(x), y1):
-                return "save/load changed the outputs"
-    return ""
+            if not _outputs_equal(loaded(x), y1):
+                return {**result, "status": "save/load changed the outputs"}
+    return {**result, "status": _cut_enough(result["kept"])}
 
 
-def with_torch_pruning(name: str) -> str:
+def with_torch_pruning(source: str, name: str, x: torch.Tensor, ignored: list[str]) -> dict:
     import torch_pruning as tp
 
-    model = torchvision.models.get_model(name, weights=None).eval()
-    x = torch.randn(1, 3, input_size(name), input_size(name))
+    import qmixprune as q
+
+    model = build(source, name)
+    ignored = ignored or output_layers(model, x)
+    modules = dict(model.named_modules())
+    base = q.count(model, x)[0]
     with torch.no_grad():
         y0 = model(x)
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
     pruner = tp.pruner.MetaPruner(
         model,
         x,
         importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=0.3,
-        ignored_layers=last,
+        pruning_ratio=RATIO,
+        ignored_layers=[modules[n] for n in ignored],
     )
     pruner.step()
+    model.eval()
     with torch.no_grad():
         y1 = model(x)
+    result = {"ignored": ignored, "kept": q.count(model, x)[0] / base}
     if y1.shape != y0.shape:
-        return "output shape changed"
-    with tempfile.TemporaryDirectory() as d:  # Torch-Pruning saves the whole pickled model
-        torch.save(model, Path(d) / "m.pt")
-        loaded = torch.load(Path(d) / "m.pt", weights_only=False)
+        return {**result, "status": f"output shape {tuple(y1.shape)} != {tuple(y0.shape)}"}
+    with tempfile.TemporaryDirectory() as d:  # Torch-Pruning's own format (pickled)
+        torch.save(tp.state_dict(model), Path(d) / "m.pth")
+        state = torch.load(Path(d) / "m.pth", weights_only=False)
+        loaded = tp.load_state_dict(build(source, name), state_dict=state).eval()
         with torch.no_grad():
-            if not torch.equal(loaded(x), y1):
-                return "save/load changed the outputs"
-    return ""
+            if not _outputs_equal(loaded(x), y1):
+                return {**result, "status": "save/load changed the outputs"}
+    return {**result, "status": _cut_enough(result["kept"])}
 
 
-def run(fn, name: str) -> str:
+def _cut_enough(kept: float) -> str:
+    return "ok" if kept <= MAX_KEPT else f"only {1 - kept:.0%} of the MACs cut"
+
+
+def job(args) -> None:
+    """One (model, tool) in this process; prints one JSON line."""
+    x = torch.randn(1, 3, input_size(args.source, args.name), input_size(args.source, args.name))
     try:
-        return fn(name)
+        if args.job == "ours":
+            out = ours(args.source, args.name, x)
+        else:
+            out = with_torch_pruning(args.source, args.name, x, json.loads(args.ignored))
     except Exception as exc:  # a failure to record, not to stop on
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
+        text = str(exc).strip().splitlines()
+        out = {"status": f"{type(exc).__name__}: {text[0][:100] if text else ''}"}
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _rss_gb(pid: int) -> float:
+    """Resident memory of ``pid`` and its children (GB), from /proc."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 2**20
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(k) for k in kids]
+
+
+def run_guarded(cmd: list[str], mem_gb: float, timeout: float) -> dict:
+    """Run one job; kill it past ``mem_gb`` resident or ``timeout`` seconds."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    t0, peak, why = time.monotonic(), 0.0, ""
+    while proc.poll() is None:
+        peak = max(peak, _rss_gb(proc.pid))
+        if peak > mem_gb:
+            why = f"killed: over {mem_gb:g} GB of memory"
+        elif time.monotonic() - t0 > timeout:
+            why = f"killed: over {timeout:g} s"
+        if why:
+            proc.kill()
+            proc.wait()
+            break
+        time.sleep(0.2)
+    out = proc.stdout.read()
+    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    if why or not lines:
+        result = {"status": why or f"crashed (exit {proc.returncode})"}
+    else:
+        result = json.loads(lines[-1][len("RESULT ") :])
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    result["peak_gb"] = round(peak, 2)
+    return result
+
+
+def _fmt(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    kept = f"{r['kept']:.2f}" if r.get("kept") is not None else "  - "
+    return f"{kept}  {r['status'][:44]}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", help="comma-separated subset")
+    p.add_argument("--models", help="comma-separated subset (names of the chosen section)")
+    p.add_argument("--section", choices=["torchvision", "timm"], action="append")
     p.add_argument("--json")
+    p.add_argument("--mem-gb", type=float, default=8.0)
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--job", choices=["ours", "tp"], help=argparse.SUPPRESS)
+    p.add_argument("--source", help=argparse.SUPPRESS)
+    p.add_argument("--name", help=argparse.SUPPRESS)
+    p.add_argument("--ignored", default="[]", help=argparse.SUPPRESS)
     args = p.parse_args()
-    names = (
-        args.models.split(",")
-        if args.models
-        else [
-            n for n in torchvision.models.list_models(module=torchvision.models) if n not in TOO_BIG
-        ]
-    )
-    try:
-        import torch_pruning  # noqa: F401
+    if args.job:
+        return job(args)
+    import torchvision
 
-        have_tp = True
+    sections = args.section or ["torchvision", "timm"]
+    todo = []
+    for source in sections:
+        if source == "torchvision":
+            names = [
+                n
+                for n in torchvision.models.list_models(module=torchvision.models)
+                if n not in TOO_BIG
+            ]
+        else:
+            try:
+                import timm  # noqa: F401
+            except ImportError:
+                print("timm not installed (pip install timm): its section is skipped")
+                continue
+            names = TIMM
+        if args.models:
+            names = [n for n in names if n in args.models.split(",")]
+        todo += [(source, n) for n in names]
+    try:
+        import torch_pruning
+
+        tp_version = torch_pruning.__version__
     except ImportError:
-        have_tp = False
+        tp_version = None
+    me = [sys.executable, os.path.abspath(__file__)]
+    guard = {"mem_gb": args.mem_gb, "timeout": args.timeout}
     rows = []
-    print(f"{'model':<28} {'qmixprune':<40} {'torch-pruning' if have_tp else ''}")
-    for name in names:
-        t0 = time.perf_counter()
-        a = run(ours, name)
-        skip_tp = name.startswith(TP_SKIP)
-        b = (
-            ("skipped: out of memory" if skip_tp else run(with_torch_pruning, name))
-            if have_tp
-            else None
-        )
-        rows.append(
-            {
-                "model": name,
-                "qmixprune": a or "ok",
-                "torch_pruning": (b or "ok") if have_tp else None,
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-        )
-        print(
-            f"{name:<28} {(a or 'ok')[:40]:<40} {(b or 'ok')[:40] if have_tp else ''}", flush=True
-        )
-    ok = sum(r["qmixprune"] == "ok" for r in rows)
-    print(f"\nqmixprune: {ok} passed, {len(rows) - ok} failed")
-    if have_tp:
-        ok_tp = sum(r["torch_pruning"] == "ok" for r in rows)
-        print(f"torch-pruning: {ok_tp} passed, {len(rows) - ok_tp} failed")
+    print(f"MACs kept and result at ratio {RATIO} (pass: runs, same output shape, <= {MAX_KEPT}")
+    print(f"of the MACs, exact round trip); Torch-Pruning {tp_version or 'not installed'}")
+    print(f"{'model':<34} {'qmixprune':<50} {'torch-pruning'}")
+    for source, name in todo:
+        a = run_guarded([*me, "--job", "ours", "--source", source, "--name", name], **guard)
+        b = None
+        if tp_version:
+            cmd = [*me, "--job", "tp", "--source", source, "--name", name]
+            b = run_guarded([*cmd, "--ignored", json.dumps(a.get("ignored", []))], **guard)
+        rows.append({"source": source, "model": name, "qmixprune": a, "torch_pruning": b})
+        print(f"{source + ':' + name:<34} {_fmt(a):<50} {_fmt(b)}", flush=True)
+    print()
+    for source in sections:
+        part = [r for r in rows if r["source"] == source]
+        if not part:
+            continue
+        for tool in ("qmixprune", "torch_pruning"):
+            if tool == "torch_pruning" and not tp_version:
+                continue
+            ok = [r for r in part if r[tool]["status"] == "ok"]
+            kept = sorted(r[tool]["kept"] for r in ok)
+            median = f", median MACs kept of passes {kept[len(kept) // 2]:.2f}" if kept else ""
+            print(f"{source} {tool}: {len(ok)} of {len(part)} passed{median}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
