@@ -359,6 +359,11 @@ def _load(args):
 
     path = args.model
     if path in models.list_models() or path.startswith(("torchvision:", "timm:")):
+        if getattr(args, "model_factory", None):
+            raise UserError(
+                f"--model-factory reads a MODEL file (a state dict or our .safetensors), "
+                f"not the built-in name {path!r}"
+            )
         model = models.create(path, num_classes=args.num_classes or 10, width=args.width)
     else:
         factory = serialize.model_factory(args.model_factory) if args.model_factory else None

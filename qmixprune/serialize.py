@@ -58,6 +58,7 @@ def save(model: nn.Module, path: str | os.PathLike, input_shape=(3, 32, 32)) -> 
         "parts": json.dumps(getattr(model, PARTS_ATTR, None)),
         "digest": _digest(tensors),
     }
+    meta["meta_digest"] = _meta_digest(meta)
     return atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
@@ -82,6 +83,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         raise UserError(f"{path} is a safetensors file but not a qmixprune model ({FORMAT})")
     if _digest(tensors) != meta.get("digest"):
         raise UserError(f"{path} is corrupt: its tensors do not match the stored digest")
+    # files written before the plan carried indices have no digest of their metadata
+    if "meta_digest" in meta and _meta_digest(meta) != meta["meta_digest"]:
+        raise UserError(f"{path} is corrupt: its metadata (plan, architecture) was changed")
     try:
         spec = json.loads(meta["arch"])
         shape = tuple(json.loads(meta["input_shape"]))
@@ -368,6 +372,12 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _meta_digest(meta: dict[str, str]) -> str:
+    """SHA-256 of the metadata (the plan, architecture, shapes and the tensors' digest)."""
+    fields = {k: v for k, v in meta.items() if k != "meta_digest"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:

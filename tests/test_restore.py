@@ -96,6 +96,19 @@ def test_tampered_custom_file(tmp_path):
         q.load(tmp_path / "bad.safetensors", model=Net())
 
 
+def test_changed_plan_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = q.save(q.prune(_fresh(Net), X, 0.5), tmp_path / "m.safetensors")
+    head = path.read_bytes()
+    meta = json.loads(head[8 : 8 + int.from_bytes(head[:8], "little")])["__metadata__"]
+    plan = json.loads(meta["plan"])
+    plan["c1"]["keep"] = list(range(len(plan["c1"]["keep"])))
+    save_file(load_file(path), tmp_path / "bad.safetensors", {**meta, "plan": json.dumps(plan)})
+    with pytest.raises(UserError, match="metadata .* was changed"):
+        q.load(tmp_path / "bad.safetensors", model=Net())
+
+
 def test_file_with_counts_only_still_loads(tmp_path):
     """Files written before plans carried indices hold kept counts."""
     from safetensors.torch import load_file, save_file
@@ -163,6 +176,8 @@ def test_model_factory_cli(tmp_path, monkeypatch, capsys):
     assert main(["count", "p.safetensors", "--model-factory", "usernet:build"]) == 0
     assert main(["count", "p.safetensors"]) == 2
     assert "--model-factory" in capsys.readouterr().err
+    assert main(["count", "vgg16", "--model-factory", "usernet:build"]) == 2
+    assert "not the built-in name 'vgg16'" in capsys.readouterr().err
     for bad, says in [
         ("usernet", "pkg.module:function"),
         ("nosuchmod:build", "cannot import nosuchmod"),
