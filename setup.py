@@ -1,11 +1,13 @@
-"""Packaging lives in pyproject.toml; this file builds the native extension qmixprune._C.
+"""Packaging lives in pyproject.toml; this file builds the native extensions.
 
-The C++ (CPU) kernels are built whenever torch is importable at build time (install with
-``pip install --no-build-isolation``). The CUDA kernels are added when a CUDA toolkit and
-a CUDA build of torch are present; ``QMIXPRUNE_CUDA=auto|0|1`` chooses (1: required).
-Without a GPU to detect, they are built for ``TORCH_CUDA_ARCH_LIST`` (default "8.7;9.0":
-Jetson Orin and Hopper). A failed build never fails the install: the package falls back
-to its pure-PyTorch reference path.
+Two extensions: ``qmixprune._C`` (the ops' schemas and C++ CPU kernels) is built whenever
+torch is importable at build time (install with ``pip install --no-build-isolation``);
+``qmixprune._C_cuda`` (CUDA kernels for the same ops) is added when a CUDA toolkit and a CUDA
+build of torch are present; ``QMIXPRUNE_CUDA=auto|0|1`` chooses (1: required). Without a GPU
+to detect, the CUDA kernels are built for ``TORCH_CUDA_ARCH_LIST`` (default "8.7;9.0": Jetson
+Orin and Hopper). A failed build never fails the install: a failed CUDA build keeps the CPU
+kernels (CUDA tensors then take the pure-PyTorch reference path), a failed CPU build leaves
+the reference path for every device.
 """
 
 import glob
@@ -59,18 +61,23 @@ def _extensions():
     with_cuda = bool(cuda_home) and torch.version.cuda is not None
     if mode == "1" and not with_cuda:
         sys.exit("QMIXPRUNE_CUDA=1 but no CUDA toolkit (CUDA_HOME) or no CUDA build of torch")
-    args = {"cxx": ["-O3"]}
+    # the CPU extension first: it defines the ops the CUDA one adds kernels to
+    exts = [
+        cpp_extension.CppExtension(
+            "qmixprune._C", sources, extra_compile_args={"cxx": ["-O3"]}, optional=True
+        )
+    ]
     if with_cuda:
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.7;9.0")
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        args["nvcc"] = ["-O3"]
-        ext = cpp_extension.CUDAExtension(
-            "qmixprune._C", sources, extra_compile_args=args, optional=mode != "1"
-        )
-    else:
-        ext = cpp_extension.CppExtension(
-            "qmixprune._C", sources, extra_compile_args=args, optional=True
+        cuda_sources = ["csrc/module_cuda.cpp", *sorted(glob.glob("csrc/cuda/*.cu"))]
+        exts.append(
+            cpp_extension.CUDAExtension(
+                "qmixprune._C_cuda",
+                cuda_sources,
+                extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+                optional=mode != "1",
+            )
         )
 
     class Build(cpp_extension.BuildExtension):
@@ -82,13 +89,17 @@ def _extensions():
             except Exception as exc:
                 if not getattr(ext, "optional", False):
                     raise
+                fallback = (
+                    "CUDA tensors will use the PyTorch reference path; the CPU kernels are kept"
+                    if ext.name.endswith("_cuda")
+                    else "the package will use its PyTorch reference path"
+                )
                 print(
-                    f"qmixprune: WARNING: building {ext.name} failed ({exc}); the package "
-                    "will use its PyTorch reference path",
+                    f"qmixprune: WARNING: building {ext.name} failed ({exc}); {fallback}",
                     file=sys.stderr,
                 )
 
-    return [ext], {"build_ext": Build}
+    return exts, {"build_ext": Build}
 
 
 ext_modules, cmdclass = _extensions()

@@ -48,6 +48,8 @@ inline void check_index(const at::Tensor& idx, int64_t size, const at::Tensor& t
 inline void check_stats_args(const at::Tensor& act, const at::Tensor& abs_sum,
                              const at::Tensor& zeros) {
   TORCH_CHECK(act.dim() >= 2, "channel_stats_: activations need [N, C, ...], got ", act.dim(), "-D");
+  // the mean over the batch would divide by zero (and the CPU kernel's inner size too)
+  TORCH_CHECK(act.size(0) > 0, "channel_stats_: the batch is empty (N = 0): give at least one sample");
   TORCH_CHECK(at::isFloatingType(act.scalar_type()), "channel_stats_: activations must be floating point");
   auto channels = act.size(1);
   TORCH_CHECK(abs_sum.dim() == 1 && abs_sum.size(0) == channels && abs_sum.scalar_type() == at::kDouble,

@@ -1,6 +1,7 @@
 // CPU kernel for physical channel removal: every tensor of a plan in one call. Each
 // output row is copied in contiguous runs (memcpy of the trailing dims), rows of all
-// tensors spread over the cores.
+// tensors spread over the cores. Bytes are only ever moved by memcpy: no char* is read
+// through a wider type.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,11 +15,11 @@
 namespace qmixprune {
 namespace {
 
-template <typename word_t>
+// One (row, col) cell of BYTES bytes per kept column. A memcpy of a compile-time size is
+// well defined for any alignment and dtype and compiles to one load and one store.
+template <int64_t BYTES>
 void copy_cells(const char* src, char* dst, const int64_t* cols, int64_t n) {
-  auto* s = reinterpret_cast<const word_t*>(src);
-  auto* d = reinterpret_cast<word_t*>(dst);
-  for (int64_t c = 0; c < n; ++c) d[c] = s[cols[c]];
+  for (int64_t c = 0; c < n; ++c) std::memcpy(dst + c * BYTES, src + cols[c] * BYTES, BYTES);
 }
 
 std::vector<at::Tensor> gather_channels_cpu(at::TensorList tensors,
@@ -76,10 +77,11 @@ std::vector<at::Tensor> gather_channels_cpu(at::TensorList tensors,
       const int64_t* ci = j.col_idx.data_ptr<int64_t>();
       const char* s = src + src_row * j.in_cols * run;
       char* d = dst + r * j.out_cols * run;
-      switch (run) {  // one element per cell (1x1 convs, linears): typed copies, no memcpy calls
-        case 2: copy_cells<uint16_t>(s, d, ci, j.out_cols); break;
-        case 4: copy_cells<uint32_t>(s, d, ci, j.out_cols); break;
-        case 8: copy_cells<uint64_t>(s, d, ci, j.out_cols); break;
+      switch (run) {  // one element per cell (1x1 convs, linears): fixed-size copies
+        case 1: copy_cells<1>(s, d, ci, j.out_cols); break;
+        case 2: copy_cells<2>(s, d, ci, j.out_cols); break;
+        case 4: copy_cells<4>(s, d, ci, j.out_cols); break;
+        case 8: copy_cells<8>(s, d, ci, j.out_cols); break;
         default:
           for (int64_t c = 0; c < j.out_cols; ++c) std::memcpy(d + c * run, s + ci[c] * run, run);
       }

@@ -1,5 +1,6 @@
 // CUDA kernels for filter importance and activation statistics (compiled here, run only
-// where a GPU is present).
+// where a GPU is present). Built as the separate extension qmixprune._C_cuda: it adds
+// CUDA kernels to the ops that qmixprune._C defines (csrc/ops.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -7,6 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../checks.h"
@@ -16,8 +18,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ double block_sum(double v) {
-  __shared__ double part[kThreads];
+// Sum over the block's kThreads threads (a power of two), returned to every thread. The
+// first barrier lets a second call in the same kernel reuse the shared array safely.
+template <typename T>
+__device__ T block_sum(T v) {
+  __shared__ T part[kThreads];
+  __syncthreads();
   part[threadIdx.x] = v;
   __syncthreads();
   for (int s = blockDim.x / 2; s > 0; s >>= 1) {
@@ -51,16 +57,28 @@ __global__ void fpgm_kernel(const double* gram, int64_t n, double* out) {
   if (threadIdx.x == 0) out[i] = acc;
 }
 
+// Block (c, y) reduces the y-th strided share of channel c's n * inner elements (layout
+// [n, channels, inner]) in registers and shared memory, and writes ONE partial per block:
+// no atomics, and the same launch always adds in the same order (deterministic).
 template <typename scalar_t>
-__global__ void channel_stats_kernel(const scalar_t* a, int64_t total, int64_t channels,
-                                     int64_t inner, double* abs_sum,
-                                     unsigned long long* zeros) {
-  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < total;
-       k += (int64_t)gridDim.x * blockDim.x) {
-    int64_t c = (k / inner) % channels;
-    double v = static_cast<double>(a[k]);
-    atomicAdd(abs_sum + c, fabs(v));
-    if (v == 0.0) atomicAdd(zeros + c, 1ULL);
+__global__ void channel_stats_kernel(const scalar_t* a, int64_t n, int64_t channels,
+                                     int64_t inner, double* part_sum, int64_t* part_zeros) {
+  int64_t c = blockIdx.x;
+  int64_t per_channel = n * inner;
+  double acc = 0.0;
+  int64_t zc = 0;
+  for (int64_t k = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; k < per_channel;
+       k += (int64_t)gridDim.y * blockDim.x) {
+    int64_t b = k / inner, e = k - b * inner;
+    double v = static_cast<double>(a[(b * channels + c) * inner + e]);
+    acc += fabs(v);
+    zc += v == 0.0;
+  }
+  acc = block_sum(acc);
+  zc = block_sum(zc);
+  if (threadIdx.x == 0) {
+    part_sum[c * gridDim.y + blockIdx.y] = acc;
+    part_zeros[c * gridDim.y + blockIdx.y] = zc;
   }
 }
 
@@ -112,15 +130,27 @@ void channel_stats_cuda(const at::Tensor& act, at::Tensor& abs_sum, at::Tensor& 
   c10::cuda::CUDAGuard guard(act.device());
   auto a = act.contiguous();
   int64_t total = a.numel();
-  if (total == 0) return;
-  int64_t inner = total / (a.size(0) * channels);
-  int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 4096));
+  if (total == 0) return;  // channels or spatial size 0 (an empty batch was refused above)
+  int64_t n = a.size(0);
+  int64_t inner = total / (n * channels);
+  // enough blocks per channel to fill the GPU when channels are few (gridDim.y <= 65535),
+  // each still reducing several elements per thread
+  int64_t per_channel = n * inner;
+  int64_t shares = std::max<int64_t>(1, 1024 / channels);
+  shares = std::min<int64_t>({shares, (per_channel + 4 * kThreads - 1) / (4 * kThreads), 65535});
+  shares = std::max<int64_t>(shares, 1);
+  TORCH_CHECK(channels <= 2147483647, "channel_stats_: too many channels for one grid");
+  auto part_sum = at::empty({channels, shares}, abs_sum.options());
+  auto part_zeros = at::empty({channels, shares}, zeros.options());
+  dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(shares));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "channel_stats_", [&] {
-    channel_stats_kernel<scalar_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        a.data_ptr<scalar_t>(), total, channels, inner, abs_sum.data_ptr<double>(),
-        reinterpret_cast<unsigned long long*>(zeros.data_ptr<int64_t>()));
+    channel_stats_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        a.data_ptr<scalar_t>(), n, channels, inner, part_sum.data_ptr<double>(),
+        part_zeros.data_ptr<int64_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  abs_sum.add_(part_sum.sum(1));  // a fixed-order reduction of the partials
+  zeros.add_(part_zeros.sum(1));
 }
 
 }  // namespace

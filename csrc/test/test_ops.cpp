@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <optional>
+#include <string>
 #include <vector>
 
 using Tensors = std::vector<at::Tensor>;
@@ -56,6 +57,20 @@ int main() {
     threw = std::string(e.what()).find("size 16") != std::string::npos;
   }
   EXPECT(threw);
+
+  auto stats = d.findSchemaOrThrow("qmixprune::channel_stats_", "")
+                   .typed<void(const at::Tensor&, at::Tensor&, at::Tensor&)>();
+  auto sums = at::zeros({3}, at::kDouble);
+  auto zeros = at::zeros({3}, at::kLong);
+  stats.call(at::ones({2, 3, 4}), sums, zeros);
+  EXPECT(at::allclose(sums, at::full({3}, 8.0, at::kDouble)) && zeros.sum().item<int64_t>() == 0);
+  bool empty_threw = false;
+  try {
+    stats.call(at::ones({0, 3, 4}), sums, zeros);  // an empty batch: an error, not a crash
+  } catch (const c10::Error& e) {
+    empty_threw = std::string(e.what()).find("batch is empty") != std::string::npos;
+  }
+  EXPECT(empty_threw);
 
   std::printf("%s\n", failures ? "qmixprune native C++ test FAILED" : "qmixprune native C++ test passed");
   return failures ? 1 : 0;
