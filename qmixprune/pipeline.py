@@ -457,4 +457,5 @@ def _versions() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "backend": native.backend(),  # native kernels or the PyTorch reference path
+        "backends": native.backends(),  # per device: native, or reference (why)
     }

@@ -278,3 +278,18 @@ def test_removal_indices_on_the_tensors_device():
     _, tensors, rows, cols, _ = plan_cuts(m, g, plan)
     idx = [i for i in rows + cols if i is not None]
     assert idx and all(i.device.type == "meta" for i in idx)
+
+
+def test_cpu_kernels_without_the_cuda_extension():
+    """A failed (or absent) CUDA build leaves the CPU kernels: _C alone defines the ops."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['qmixprune._C_cuda'] = None\n"  # its import now fails
+        "import torch, qmixprune.native as n, qmixprune.ops as o\n"
+        "b = n.backends(); print(b['cpu'], b['cuda'].split(' ')[0])\n"
+        "print(o.filter_norms([torch.ones(2, 3)], 1, True)[0].tolist())"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.split("\n")[:2] == ["native reference", "[3.0, 3.0]"], res.stderr
