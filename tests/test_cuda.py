@@ -87,6 +87,7 @@ def test_compress_on_the_gpu_records_the_device(cuda, tmp_path):
         allow_untrained=True,
         device=str(cuda),
     )
-    res = compress(create("vgg16", width=0.125), load_data("digits"), 0.5, cfg, tmp_path)
+    out = tmp_path / "o"
+    res = compress(create("vgg16", width=0.125), load_data("digits"), 0.5, cfg, out, quiet=True)
     assert res.device == str(cuda) and next(res.model.parameters()).device == cuda
-    assert json.loads((tmp_path / "report.json").read_text())["device"] == str(cuda)
+    assert json.loads((out / "report.json").read_text())["device"] == str(cuda)
