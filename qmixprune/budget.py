@@ -7,6 +7,7 @@ the cost of any channel-count vector a cheap sum, which the search evaluates eve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -142,19 +143,29 @@ def _boundary(ok, good: float, bad: float, steps: int = 50) -> tuple[float, floa
     return good, bad
 
 
+def multiples(graph: Graph, groups: list[str], round_to: int) -> dict[str, int]:
+    """What each group keeps a multiple of: ``round_to``, and its period (a group feeding
+    grouped convs keeps the same positions in each of its blocks)."""
+    return {g: math.lcm(round_to, graph.group(g).period) for g in groups}
+
+
+def _multiple(round_to: int | dict[str, int], group: str) -> int:
+    return round_to[group] if isinstance(round_to, dict) else round_to
+
+
 def floors(
     cost: CostModel,
     groups: list[str],
-    round_to: int = 1,
+    round_to: int | dict[str, int] = 1,
     min_channels: int = 1,
     min_keep: float = 0.0,
 ) -> dict[str, int]:
     """The fewest channels each group may keep: ``min_keep`` of it, ``min_channels``, and a
-    multiple of ``round_to``."""
+    multiple of ``round_to`` (one for all, or per group: ``multiples``)."""
     out = {}
     for g in groups:
         c = cost.group_channels[g]
-        out[g] = kept_count(c, 1.0 - min_keep, round_to, max(min_channels, 1))
+        out[g] = kept_count(c, 1.0 - min_keep, _multiple(round_to, g), max(min_channels, 1))
     return out
 
 
@@ -195,7 +206,7 @@ def fit_to_budget(
     budget: Budget,
     proposal: dict[str, float],
     low: dict[str, int],
-    round_to: int = 1,
+    round_to: int | dict[str, int] = 1,
 ) -> dict[str, int]:
     """The budget wall: scale a proposed keep fraction per group toward its floor (or back
     toward full width) until the plan just meets the budget, as close to it as the
@@ -213,7 +224,7 @@ def fit_to_budget(
         out = {}
         for g in names:
             x = low[g] + (full[g] - low[g]) * min(1.0, share[g] * alpha)
-            out[g] = min(full[g], max(low[g], round_to_multiple(x, round_to)))
+            out[g] = min(full[g], max(low[g], round_to_multiple(x, _multiple(round_to, g))))
         return out
 
     top = 1.0 / min(share.values())
@@ -227,7 +238,7 @@ def fit_to_budget(
     while grown:
         grown = False
         for g in sorted(names, key=lambda n: best[n] - want[n]):
-            step = min(round_to, full[g] - best[g])
+            step = min(_multiple(round_to, g), full[g] - best[g])
             if step <= 0:
                 continue
             trial = {**best, g: best[g] + step}

@@ -11,7 +11,7 @@ from nets import randomize_bn
 
 from qmixprune import analyze, apply_plan, count, make_plan
 from qmixprune.errors import UserError
-from qmixprune.pruning import Plan, slot_indices
+from qmixprune.pruning import Plan, plan_for_counts, slot_indices
 
 
 class GroupedStack(nn.Module):
@@ -110,3 +110,23 @@ def test_a_plan_that_breaks_the_blocks_is_refused():
     assert g.period == 8  # g1's 4 groups, g2's 8 (reading it and tied by the add), g3's 2
     with pytest.raises(UserError, match="g1 feeds grouped convs"):
         apply_plan(model, graph, Plan({"g1": tuple(range(24))}))
+
+
+def test_search_env_keeps_grouped_counts_in_blocks_and_on_budget():
+    from qmixprune.search import EnvConfig, build_env
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 8, 8, generator=gen), torch.zeros(4)) for _ in range(2)]
+    cfg = EnvConfig(target_flops=0.5, round_to=1, calib_batches=2)
+    env = build_env(GroupedStack().eval(), None, cfg, score=lambda m: 0.0, calib=batches)
+    periods = {g: env.graph.group(g).period for g in env.groups}
+    assert periods["g1"] == 8
+    for keep in (0.3, 0.55, 0.9):
+        counts = env.project(torch.full((env.n_agents,), keep))
+        assert all(counts[g] % periods[g] == 0 for g in env.groups)
+        assert env.cost.ratio(counts) <= 0.5
+        plan = plan_for_counts(env.graph, counts, env.ranking)
+        pruned = apply_plan(env.model, env.graph, plan)
+        x = torch.zeros(1, 3, 8, 8)
+        assert count(pruned, x)[0] == pytest.approx(env.cost.macs(counts))  # exact cost

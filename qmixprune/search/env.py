@@ -23,6 +23,7 @@ from ..budget import (
     check_reachable,
     fit_to_budget,
     floors,
+    multiples,
     reachable_round_to,
 )
 from ..device import module_device, to_device
@@ -98,7 +99,8 @@ class PruningEnv:
             cfg = replace(cfg, round_to=self._auto_round_to(cfg, latency))
         self.model, self.graph, self.cost, self.cfg = model.eval(), graph, cost, cfg
         self.n_agents = len(self.groups)
-        self.low = floors(cost, self.groups, cfg.round_to, cfg.min_channels, cfg.min_keep)
+        self.multiple = multiples(graph, self.groups, cfg.round_to)  # grouped convs: periods
+        self.low = floors(cost, self.groups, self.multiple, cfg.min_channels, cfg.min_keep)
         self.latency = latency
         check_reachable(self.budget, self.low)
         self.scores = group_scores(model, graph.prunable, cfg.importance)
@@ -208,7 +210,7 @@ class PruningEnv:
     def project(self, keep: torch.Tensor) -> dict[str, int]:
         """The budget wall applied to keep fractions: integer channel counts on target."""
         proposal = {g: float(k) for g, k in zip(self.groups, keep)}
-        return fit_to_budget(self.budget, proposal, self.low, self.cfg.round_to)
+        return fit_to_budget(self.budget, proposal, self.low, self.multiple)
 
     # -- reward (the evaluator's; kept here so that every method reaches it the same way) ---
     def evaluate(self, counts: dict[str, int]) -> float:
