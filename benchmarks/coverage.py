@@ -303,6 +303,8 @@ def main() -> None:
             b = run_guarded([*cmd, "--ignored", json.dumps(a.get("ignored", []))], **guard)
         rows.append({"source": source, "model": name, "qmixprune": a, "torch_pruning": b})
         print(f"{source + ':' + name:<34} {_fmt(a):<50} {_fmt(b)}", flush=True)
+        if args.json:  # after every model: an interrupted run keeps what it measured
+            Path(args.json).write_text(json.dumps(rows, indent=2))
     print()
     for source in sections:
         part = [r for r in rows if r["source"] == source]
@@ -315,8 +317,6 @@ def main() -> None:
             kept = sorted(r[tool]["kept"] for r in ok)
             median = f", median MACs kept of passes {kept[len(kept) // 2]:.2f}" if kept else ""
             print(f"{source} {tool}: {len(ok)} of {len(part)} passed{median}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
