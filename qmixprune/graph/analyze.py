@@ -445,10 +445,18 @@ def analyze(model: nn.Module, example_input: torch.Tensor, parts: list[str] | No
     try:
         gm = trace(model, example_input)
     except TraceError as exc:
-        return _warned(analyze_parts(_Analyzer(), model, example_input, None, str(exc)))
-    analyzer = _Analyzer(gm)
-    analyzer.run()
-    return _warned(analyzer.graph(tuple(example_input.shape[1:])))
+        error = exc
+    else:
+        analyzer = _Analyzer(gm)
+        analyzer.run()
+        return _warned(analyzer.graph(tuple(example_input.shape[1:])))
+    try:
+        graph = analyze_parts(_Analyzer(), model, example_input, None, str(error))
+    except TraceError:
+        graph = None
+    if graph is None or not graph.parts:  # nothing traceable: the whole model's reason
+        raise error
+    return _warned(graph)
 
 
 def _warned(graph: Graph) -> Graph:
