@@ -99,6 +99,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 0.05
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0  # soft targets: less confident logits, which prune better
     seed: int = 0
 
 
@@ -128,7 +129,8 @@ def train(
         total = torch.zeros((), device=device)
         for x, y in data:
             x, y = to_device((x, y), device)
-            loss = F.cross_entropy(model(augment(x, gen, hflip=hflip)), y)
+            out = model(augment(x, gen, hflip=hflip))
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
