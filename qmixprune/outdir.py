@@ -78,11 +78,11 @@ def check(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: Sequenc
 
 
 def _check_clearable(out: Path, here: Path, inputs: Sequence) -> None:
-    protected = {_real(Path.cwd()), _real(Path.home()), Path(here.anchor)}
-    if here in protected:
+    cwd, home = _real(Path.cwd()), _real(Path.home())
+    if here in {cwd, home, *cwd.parents, *home.parents}:
         raise UserError(
-            f"refusing --overwrite of {out} (the working directory, home or a root): "
-            "choose a dedicated output folder"
+            f"refusing --overwrite of {out} (the working directory, home or a folder above "
+            "them): choose a dedicated output folder"
         )
     for inp in inputs:
         if inp is not None and here in _real(inp).parents:
@@ -261,7 +261,7 @@ def _holder_pid(lock: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # Windows: kill(pid, 0) would signal it
         return True
     try:
         os.kill(pid, 0)
