@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.4)
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--teacher-seed", type=int, default=1)
-    ap.add_argument("--teacher-epochs", type=int, default=10)
+    ap.add_argument("--teacher-epochs", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--patience", default="20,30,40,50,60,80,100")
     ap.add_argument("--json")
     args = ap.parse_args()
