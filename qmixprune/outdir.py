@@ -141,6 +141,11 @@ def remove_stale_temps(out: Path) -> list[str]:
     return removed
 
 
+# Keys a resumed run may change: where it runs (another GPU, each torchrun rank its own
+# cuda:N) and what it keeps afterwards do not change what is computed.
+RESUME_MAY_CHANGE = ("device", "keep_checkpoints")
+
+
 def check_same_config(out: str | os.PathLike, name: str, config: dict) -> None:
     """On ``--resume``: refuse a configuration other than the one OUT/``name`` records,
     before anything (that file included) is rewritten."""
@@ -163,7 +168,7 @@ def check_same_config(out: str | os.PathLike, name: str, config: dict) -> None:
 
 def _first_difference(old, new, key: str = "") -> tuple[str, object, object] | None:
     if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
+        for k in sorted((set(old) | set(new)) - set(RESUME_MAY_CHANGE)):
             d = _first_difference(old.get(k), new.get(k), f"{key}.{k}" if key else k)
             if d is not None:
                 return d

@@ -378,3 +378,12 @@ def test_api_checks_classes_before_writing(tmp_path):
             create("vgg16", width=0.125, num_classes=5), load_data("digits"), out=tmp_path / "o"
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_may_change_the_device_only(tmp_path):
+    recorded = {"device": "cuda:0", "keep_checkpoints": False, "distill": {"lr": 0.01}}
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    same = {"device": "cuda:1", "keep_checkpoints": True, "distill": {"lr": 0.01}}
+    outdir.check_same_config(tmp_path, "config.json", same)  # another rank's GPU: fine
+    with pytest.raises(UserError, match=r"distill.lr: 0.01 there, 0.02 now"):
+        outdir.check_same_config(tmp_path, "config.json", {**same, "distill": {"lr": 0.02}})
