@@ -589,7 +589,7 @@ def _compress(args) -> int:
     model, _ = _load(args)
     model.to(device)
     data = _load_data(args, cfg.seed)
-    _check_run(model, data, table, cfg.distill.batch_size)
+    _check_run(model, data, table, cfg.distill.batch_size if cfg.distill.epochs else None)
     if not cfg.allow_untrained:
         _check_teacher(model, data)
     with _owned_out(args) as out:
