@@ -178,9 +178,12 @@ def plan_cuts(model: nn.Module, graph: Graph, plan: Plan):
     cuts: dict[tuple[str, str], list] = {}
     sizes: dict[str, dict[str, int]] = {}
     for slot in graph.slots:
-        m = modules[slot.module]
+        m = modules[slot.owner]
         idx = slot_indices(graph, plan, slot.segs, _device(m))
         if idx is None:
+            continue
+        if slot.kind == "scale":  # a per-channel parameter (layer scale): its dim 0
+            cuts.setdefault((slot.owner, slot.module.rpartition(".")[2]), [None, None])[0] = idx
             continue
         if slot.kind == "gconv_in":  # every block keeps these positions (_check_periods)
             cuts.setdefault((slot.module, "weight"), [None, None])[1] = idx[: len(idx) // m.groups]

@@ -19,12 +19,16 @@ def test_timm_pruned_equals_masked_original(name):
     model = randomize_bn(create(f"timm:{name}", num_classes=5)).double().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     graph = analyze(model, x)
-    plan = make_plan(model, graph, 0.3)
+    assert len(graph.prunable) >= len(graph.groups) - 2  # all but the output (and LN-free)
+    pruned = apply_plan(model, graph, make_plan(model, graph, 0.3)).eval()
+    assert count(pruned, x[:1])[0] <= 0.8 * count(model, x[:1])[0]
+    # a layer norm over pruned channels normalises fewer of them: exact only elsewhere
+    exact = [g.name for g in graph.prunable if all(s.kind != "ln" for s in g.slots)]
+    plan = make_plan(model, graph, dict.fromkeys(exact, 0.3))
     pruned = apply_plan(model, graph, plan).eval()
     ref = masked_reference(model, graph, plan).eval()
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), ref(x), atol=1e-6, rtol=0)
-    assert count(pruned, x[:1])[0] <= 0.8 * count(model, x[:1])[0]
 
 
 def test_timm_save_and_restore_onto_a_fresh_instance(tmp_path):

@@ -230,9 +230,35 @@ class _Analyzer:
                 continue
             pos = result.axis - (ndim - len(shape))
             if 0 <= pos < len(shape) and shape[pos] != 1:
+                if self.scale(arg, result, shape[pos]):
+                    continue
                 self.block(result, f"{_op_name(node)} with a constant operand")
                 return None
         return result
+
+    def scale(self, arg: fx.Node, layout: Layout, width: int) -> bool:
+        """A per-channel parameter (ConvNeXt's layer scale) applied element-wise: it can be
+        cut with the channels when it is used only here, through reshapes, with the
+        channels along its first dim."""
+        node, name = arg, None
+        while isinstance(node, fx.Node) and len(node.users) == 1:
+            if node.op == "get_attr":
+                name = node.target
+                break
+            if node.target not in (torch.reshape, torch.unsqueeze, "reshape", "view", "unsqueeze"):
+                return False
+            node = node.args[0]
+        if name is None or sum(n.target == name for n in self.gm.graph.nodes) != 1:
+            return False
+        try:
+            param = self.gm.get_parameter(name)
+        except AttributeError:
+            return False  # a buffer or a plain tensor attribute
+        channels = sum(self.sizes[s.space] * s.expand for s in layout.segs)
+        if param.numel() != width or width != channels or param.shape[0] != width:
+            return False
+        self.add_slot(self.prefix + name, "scale", layout.segs)
+        return True
 
     def flatten(self, node: fx.Node, layout: Layout | None, out_shape) -> Layout | None:
         if layout is None:

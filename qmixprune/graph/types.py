@@ -15,6 +15,7 @@ SLOT_TEXT = {
     "linear_in": "in-features of linear",
     "bn": "batchnorm",
     "ln": "layernorm",
+    "scale": "per-channel parameter",
 }
 PRODUCER_KINDS = ("conv_out", "linear_out", "dw")
 
@@ -36,6 +37,11 @@ class Slot:
     kind: str
     segs: tuple[Seg, ...]
 
+    @property
+    def owner(self) -> str:
+        """The module whose tensors the slot cuts (a "scale" slot names a parameter)."""
+        return self.module.rpartition(".")[0] if self.kind == "scale" else self.module
+
     def __str__(self) -> str:
         return f"{SLOT_TEXT[self.kind]} {self.module}"
 
@@ -56,7 +62,7 @@ class Group:
 
     @property
     def modules(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(s.module for s in self.slots))
+        return tuple(dict.fromkeys(s.owner for s in self.slots))
 
     def describe(self) -> str:
         """One sentence: what pruning this group touches, e.g. 'conv a => bn b => conv c'."""
