@@ -2,11 +2,11 @@
 
 A setting that ``benchmarks/search.py`` does not report: the quick demo's teacher (VGG-16,
 width 0.5, the demo recipe for 6 epochs; the search benchmark's is trained 15), at 0.4 of the
-MACs (it reports 0.2 and 0.1), search seeds 10, 11, 12 (it uses 0, 1, 2). Each seed runs the full default search once
-without early stopping; patience only ends a run, so the run a patience P would have made
-is this one cut where P evaluations passed without a better reward. For each P: the
-evaluations it spends and the val reward and test accuracy (after the same BN recalibration)
-of the best plan it would return, next to the full run's.
+MACs (it reports 0.2 and 0.1), search seeds 10, 11, 12 (it uses 0, 1, 2). Each seed runs the
+full default search once without early stopping; patience only ends a run, so the run a
+patience P would have made is this one cut where P evaluations passed without a better
+reward. For each P: the evaluations it spends and the val reward and test accuracy (after
+the same BN recalibration) of the best plan it would return, next to the full run's.
 
     flock /tmp/qmixprune-heavy.lock python benchmarks/patience.py [--json F]
 """
