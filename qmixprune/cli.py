@@ -309,6 +309,13 @@ def parser() -> argparse.ArgumentParser:
             help="full-precision fine-tuning on CUDA (default: bf16 autocast, or fp16 with a "
             "GradScaler on GPUs without bf16; the CPU always runs fp32)",
         )
+    for name in ("analyze", "prune"):
+        sub.choices[name].add_argument(
+            "--parts",
+            metavar="A,B",
+            help="submodules to analyse when the model cannot be traced whole (detectors; "
+            "default: the largest ones that trace)",
+        )
     for sp in sub.choices.values():
         sp.formatter_class = HelpFormatter
     return p
@@ -392,7 +399,7 @@ def _analyze(args) -> int:
     model, x = _load(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        graph = analyze(model, x)
+        graph = analyze(model, x, args.parts.split(",") if args.parts else None)
     print(graph.describe())
     for w in caught:
         print(f"warning: {w.message}")
@@ -434,7 +441,7 @@ def _prune(args) -> int:
     device = resolve(args.device)
     model, x = _load(args)
     model, x = model.to(device), x.to(device)  # ranking and removal where the model runs
-    graph = analyze(model, x)
+    graph = analyze(model, x, args.parts.split(",") if args.parts else None)
     if args.ratio is not None:
         plan = make_plan(
             model, graph, args.ratio, args.importance, args.round_to, args.min_channels
