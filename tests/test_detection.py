@@ -117,3 +117,20 @@ def test_parts_named_by_the_user():
             analyze(model, x, parts=["neck"])
         with pytest.raises(UserError, match="part 'roi_heads'"):
             analyze(model, x, parts=["roi_heads"])
+
+
+def test_cli_parts_names_a_missing_part_in_one_line(tmp_path, monkeypatch, capsys):
+    from qmixprune.cli import main
+
+    (tmp_path / "mydet.py").write_text(
+        "import torchvision.models.detection as det\n"
+        "def build():\n"
+        "    return det.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None,"
+        " num_classes=3, min_size=64, max_size=64)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    torch.save(faster_rcnn().state_dict(), tmp_path / "det.pt")
+    argv = ["analyze", "det.pt", "--model-factory", "mydet:build", "--input-size", "64"]
+    assert main([*argv, "--parts", "neck"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no submodule 'neck'" in err[0]

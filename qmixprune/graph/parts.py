@@ -155,15 +155,15 @@ def analyze_parts(
 ) -> Graph:
     """Analyse the parts of ``model`` named in ``parts`` (or found) into one graph, with
     ``analyzer`` (a fresh ``analyze._Analyzer``); ``why``: the whole model's trace error."""
-    calls = _Calls(model, example_input)
     modules = dict(model.named_modules())
+    missing = [p for p in parts or () if p not in modules or p == ""]
+    if missing:  # before the forward pass
+        children = [n for n, _ in model.named_children()]
+        raise UserError(f"no submodule {missing[0]!r} to analyse; top-level: {children}")
+    calls = _Calls(model, example_input)
     if parts is None:
         found = _find_parts(calls, model)
     else:
-        missing = [p for p in parts if p not in modules or p == ""]
-        if missing:
-            children = [n for n, _ in model.named_children()]
-            raise UserError(f"no submodule {missing[0]!r} to analyse; top-level: {children}")
         found = []
         for name in parts:
             if name not in calls.args:
