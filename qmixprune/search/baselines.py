@@ -1,5 +1,7 @@
 """Baselines in the same environment, with the same evaluation budget as the search:
-uniform ratio, global L1 threshold, random search and (mu + lambda) evolution.
+uniform ratio, global L1 threshold, random search, (mu + lambda) evolution and a single
+DQN agent. What helps QMIX is offered to them too: evolution mutates with QMIX's elite move
+and the single agent explores with it (both with QMIX's ``elite_explore``).
 
 Each returns the best plan it found and its reward, scored by ``env.evaluate`` (the same
 BN recalibration and val batches as QMIX).
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..budget import uniform_counts
+from ..errors import UserError
 from ..importance import get_criterion
 from ..rounding import round_to_multiple
 from .agent import agent_inputs
@@ -75,27 +78,65 @@ def evolutionary(
     mu: int = 8,
     lam: int = 16,
     sigma: float = 0.15,
+    mutation: str = "elite",
+    elite_explore: float = QmixConfig.elite_explore,
 ) -> BaselineResult:
-    """(mu + lambda) evolution of keep-fraction vectors with Gaussian mutation, each child
-    rescaled onto the target by the budget wall."""
+    """(mu + lambda) evolution; each child is rescaled onto the target by the budget wall.
+
+    ``mutation="gaussian"``: genomes are keep-fraction vectors, mutated by N(0, sigma).
+    ``mutation="elite"`` (default: QMIX's own exploration move, offered to evolution too):
+    genomes are QMIX's action matrices (steps x groups); each entry of the parent moves by
+    -1/0/+1 with probability ``elite_explore``, else it is redrawn uniformly."""
+    if mutation not in ("gaussian", "elite"):
+        raise UserError(f"mutation must be 'gaussian' or 'elite', got {mutation!r}")
     gen = torch.Generator().manual_seed(seed)
+    steps, n_act = env.cfg.steps, env.cfg.n_actions
+
+    def random_genome() -> torch.Tensor:
+        if mutation == "gaussian":
+            return torch.rand(env.n_agents, generator=gen)
+        return torch.randint(0, n_act, (steps, env.n_agents), generator=gen)
+
+    def mutate(parent: torch.Tensor) -> torch.Tensor:
+        if mutation == "gaussian":
+            noise = sigma * torch.randn(env.n_agents, generator=gen)
+            return (parent + noise).clamp(0.0, 1.0)
+        moved = (parent + torch.randint(-1, 2, parent.shape, generator=gen)).clamp(0, n_act - 1)
+        fresh = torch.randint(0, n_act, parent.shape, generator=gen)
+        near = torch.rand(parent.shape, generator=gen) < elite_explore
+        return torch.where(near, moved, fresh)
+
+    def keep(genome: torch.Tensor) -> torch.Tensor:
+        if mutation == "gaussian":
+            return genome
+        return _keep_after(env, genome)
+
     start = env.evaluations
-    pop = [torch.rand(env.n_agents, generator=gen) for _ in range(mu)]
-    scored = [(_score(env, p), p) for p in pop]
+    scored = []
+    while len(scored) < mu and (not scored or env.evaluations - start < budget):
+        genome = random_genome()
+        scored.append((_score(env, keep(genome)), genome))
     stall = 0
     while env.evaluations - start < budget and stall < 50:
         before = env.evaluations
         children = []
         for _ in range(lam):
             parent = scored[int(torch.randint(0, len(scored), (1,), generator=gen))][1]
-            child = (parent + sigma * torch.randn(env.n_agents, generator=gen)).clamp(0.0, 1.0)
-            children.append((_score(env, child), child))
+            child = mutate(parent)
+            children.append((_score(env, keep(child)), child))
             if env.evaluations - start >= budget:
                 break
         scored = sorted(scored + children, key=lambda s: -s[0][1])[:mu]
         stall = stall + 1 if env.evaluations == before else 0
     (counts, reward), _ = scored[0]
     return BaselineResult(counts, reward, env.evaluations - start)
+
+
+def _keep_after(env: PruningEnv, actions: torch.Tensor) -> torch.Tensor:
+    """Keep fractions after an episode of ``actions [steps, groups]`` (as ``env.step``
+    leaves them: each step removes its share, never below the group's floor)."""
+    floor = torch.tensor([env.low[g] / env.graph.group(g).channels for g in env.groups])
+    return torch.maximum(1.0 - env.cfg.action_step * actions.sum(0).float(), floor)
 
 
 def _score(env: PruningEnv, keep: torch.Tensor) -> tuple[dict[str, int], float]:
@@ -113,10 +154,18 @@ def _best_of(env: PruningEnv, budget: int, sample) -> BaselineResult:
     return BaselineResult(best[0], best[1], env.evaluations - start)
 
 
-def single_agent(env: PruningEnv, budget: int = 200, seed: int = 0, levels: int = 10):
+def single_agent(
+    env: PruningEnv,
+    budget: int = 200,
+    seed: int = 0,
+    levels: int = 10,
+    elite_explore: float = QmixConfig.elite_explore,
+):
     """AMC-style single agent: one DQN (GRU agent, the same learner with one agent) walks the
     groups in order and picks each group's keep fraction from ``levels`` bins; the terminal
-    reward is the plan's, after the same budget wall."""
+    reward is the plan's, after the same budget wall. Exploring moves are QMIX's: with
+    probability ``elite_explore`` the best episode's bin at that step moved by -1/0/+1, else a
+    uniform random bin."""
     gen = torch.Generator().manual_seed(seed)
     q = QmixConfig()
     n, feats = env.n_agents, env.static.shape[1]
@@ -125,7 +174,7 @@ def single_agent(env: PruningEnv, budget: int = 200, seed: int = 0, levels: int 
     buffer = EpisodeBuffer(q.buffer_size)
     bins = torch.linspace(1.0 / levels, 1.0, levels)
     start, best, episode = env.evaluations, None, 0
-    while env.evaluations - start < budget and episode < 5 * budget:
+    while env.evaluations - start < budget and episode < 20 * budget:  # as QMIX's cap
         eps = q.epsilon(episode)
         keep = torch.ones(n)
         h = learner.agent.init_hidden(1)
@@ -143,13 +192,16 @@ def single_agent(env: PruningEnv, budget: int = 200, seed: int = 0, levels: int 
             a = qv.argmax(1)
             if float(torch.rand(1, generator=gen)) < eps:
                 a = torch.randint(0, levels, (1,), generator=gen)
+                if best is not None and float(torch.rand(1, generator=gen)) < elite_explore:
+                    moved = best[2][t] + torch.randint(-1, 2, (1,), generator=gen)
+                    a = moved.clamp(0, levels - 1)
             keep[t] = bins[a]
             acts.append(a)
             last = a
         counts = env.project(keep)
         reward = env.evaluate(counts)
         if best is None or reward > best[1]:
-            best = (counts, reward)
+            best = (counts, reward, torch.cat(acts))
         obs_t = torch.stack(obs_seq)
         actions = torch.stack(acts)
         rewards = torch.zeros(n)

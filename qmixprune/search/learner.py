@@ -36,6 +36,10 @@ class QmixConfig:
     epsilon_anneal: int = 50  # episodes
     warmup: int = 10  # episodes of random actions before learning starts
     elite_explore: float = 0.8  # share of exploring moves that perturb the best plan's actions
+    # Q_tot screening: after warm-up, roll out this many candidate episodes per evaluated plan
+    # and pay for evaluating only the one the mixer values most
+    screen: int = 16  # candidate episodes per evaluation (1 = off: every episode is scored)
+    screen_epsilon: float = 1.0  # epsilon of the candidates after the first (at least)
 
     def epsilon(self, episode: int) -> float:
         if episode < self.warmup:
@@ -142,6 +146,14 @@ class QLearner:
             ret = reward[:, i] + gamma * (1 - done[:, i]) * boot
             out[:, i] = ret
         return out
+
+    @torch.no_grad()
+    def final_value(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Q_tot of each episode's last joint action ``[B]``: its predicted (standardised)
+        terminal reward, as the learned value of the plan the episode proposes."""
+        qs = self.unroll(self.agent, batch["obs"], batch["last_actions"])[:, -2]  # [B, N, A]
+        chosen = qs.gather(2, batch["actions"][:, -1].unsqueeze(2)).squeeze(2)  # [B, N]
+        return self.mixer(chosen[:, None], batch["state"][:, -2][:, None]).view(-1)
 
     def sync_targets(self) -> None:
         self.target_agent.load_state_dict(self.agent.state_dict())

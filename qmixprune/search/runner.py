@@ -115,6 +115,28 @@ class _Run:
             rand = torch.where(near, elite.clamp(0, a - 1), rand)
         return torch.where(explore, rand, greedy)
 
+    def propose(self, eps: float, defer: bool) -> tuple[dict, dict[str, int]]:
+        """The next episode to score and its plan. With screening (``QmixConfig.screen`` > 1,
+        after warm-up, terminal rewards), ``screen`` candidate episodes are rolled out and
+        the one with the highest learned Q_tot among plans not yet evaluated is kept."""
+        q, env = self.cfg.qmix, self.env
+        if q.screen <= 1 or self.episode < q.warmup or env.cfg.step_reward:
+            episode = self.run_episode(eps, defer)
+            return episode, env.project(env.keep)
+        cands = []
+        for i in range(q.screen):
+            episode = self.run_episode(eps if i == 0 else max(eps, q.screen_epsilon), True)
+            cands.append((episode, env.keep.clone()))
+        fields = ("obs", "state", "actions", "last_actions")
+        batch = {k: torch.stack([c[0][k] for c in cands]) for k in fields}
+        first = None
+        for i in self.learner.final_value(batch).argsort(descending=True).tolist():
+            counts = env.project(cands[i][1])  # projected lazily: the wall is the costly part
+            first = first or (cands[i][0], counts)
+            if tuple(counts[g] for g in env.groups) not in env.cache:
+                return cands[i][0], counts
+        return first
+
     def run_episode(self, eps: float, defer: bool = False) -> dict:
         env, steps = self.env, self.env.cfg.steps
         obs, state = env.reset()
@@ -222,8 +244,9 @@ def search(
         # together, shared out across ranks when torch.distributed is active
         batch, plans = [], []
         for _ in range(min(cfg.envs, cfg.episodes - run.episode)):
-            batch.append(run.run_episode(eps, defer=deferred))
-            plans.append(env.project(env.keep))
+            episode, counts = run.propose(eps, deferred)
+            batch.append(episode)
+            plans.append(counts)
         rewards = env.evaluate_many(plans)
         first = run.episode
         entries = []
