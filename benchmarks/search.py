@@ -156,6 +156,7 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=5)
     p.add_argument("--jobs", type=int, default=2, help="worker processes (1 thread each)")
     p.add_argument("--json", help="write the results here (after every finished run)")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in --json")
     args = p.parse_args()
     methods = args.methods.split(",")
     ft_methods = args.finetune_methods.split(",")
@@ -188,6 +189,11 @@ def main() -> None:
                     }
                 )
     doc = {"args": vars(args), "seeds": seeds, "teacher_test": teacher_test, "runs": []}
+    if args.resume and args.json and Path(args.json).is_file():
+        doc["runs"] = json.loads(Path(args.json).read_text())["runs"]
+        done = {(r["target"], r["seed"], r["method"]) for r in doc["runs"]}
+        tasks = [t for t in tasks if (t["target"], t["seed"], t["method"]) not in done]
+        print(f"resuming: {len(doc['runs'])} runs kept, {len(tasks)} to go", flush=True)
     start = time.perf_counter()
     pool = mp.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else None
     results = pool.imap_unordered(run_task, tasks) if pool else map(run_task, tasks)
