@@ -1,11 +1,11 @@
 """Compress a segmentation model with the task API: your model class, your metric (mIoU)
 as the search's reward, your loss (+ distillation of the logits) for fine-tuning.
 
-The script makes its own data set (coloured squares, discs and triangles on noisy
-gradient backgrounds; 4 classes with the background), trains a small encoder-decoder
-segmenter (or torchvision's LRASPP-MobileNetV3, no pretrained weights, with
-``--model lraspp``), compresses it to half of its MACs, and restores the saved result onto
-a fresh instance of the class, without pickle.
+The script makes its own data set (squares, discs and triangles, each class of its own
+jittered hue, on noisy muted gradient backgrounds; 4 classes with the background), trains
+a small encoder-decoder segmenter (or torchvision's LRASPP-MobileNetV3, no pretrained
+weights, with ``--model lraspp``), compresses it to half of its MACs, and restores the
+saved result onto a fresh instance of the class, without pickle.
 
     python examples/compress_segmentation.py [--out OUT] [--model tiny|lraspp]
 """
@@ -28,16 +28,20 @@ from qmixprune.pipeline import CompressConfig
 from qmixprune.search import EnvConfig, SearchConfig
 
 CLASSES = ("background", "square", "disc", "triangle")
+# each class's colour tends to its own hue (with jitter); the shape tells the rest
+PALETTE = torch.tensor([[0.0, 0.0, 0.0], [0.9, 0.3, 0.2], [0.2, 0.8, 0.3], [0.25, 0.35, 0.9]])
 
 
 def make_shapes(n: int, size: int, gen: torch.Generator) -> TensorDataset:
-    """``n`` images [3, size, size] in [-1, 1] with 1-3 shapes each, and their masks."""
+    """``n`` images [3, size, size] in [-1, 1] with 1-3 shapes each (squares, discs,
+    triangles in jittered class colours on muted gradients), and their masks."""
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     yy, xx = yy.float() / size, xx.float() / size
     images = torch.empty(n, 3, size, size)
     masks = torch.zeros(n, size, size, dtype=torch.long)
     for i in range(n):
-        a, b = torch.rand(2, 3, 1, 1, generator=gen)  # background: a colour gradient + noise
+        a, b = 0.25 + 0.5 * torch.rand(2, 3, 1, 1, generator=gen)  # background: a muted
+        # colour gradient + noise
         angle = torch.rand(1, generator=gen).item() * 2 * math.pi
         ramp = (math.cos(angle) * xx + math.sin(angle) * yy).clamp(0, 1)
         img = a + (b - a) * ramp + 0.08 * torch.randn(3, size, size, generator=gen)
@@ -51,7 +55,8 @@ def make_shapes(n: int, size: int, gen: torch.Generator) -> TensorDataset:
                 inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
             else:  # apex up: below the apex and inside the two slanted edges
                 inside = (yy < cy + r) & ((xx - cx).abs() < (yy - (cy - r)) * 0.6)
-            img[:, inside] = torch.rand(3, 1, generator=gen)
+            colour = PALETTE[kind] + 0.3 * (torch.rand(3, generator=gen) - 0.5)
+            img[:, inside] = colour[:, None]
             masks[i][inside] = kind
         images[i] = img.clamp(0, 1) * 2 - 1
     return TensorDataset(images, masks)
@@ -131,9 +136,9 @@ def seg_kd_step(student, teacher, batch, temperature: float = 2.0, alpha: float 
 
 def train_teacher(model: nn.Module, train: TensorDataset, epochs: int, seed: int) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
-    data = DataLoader(train, batch_size=32, shuffle=True, generator=gen, drop_last=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * len(data))
+    data = DataLoader(train, batch_size=16, shuffle=True, generator=gen, drop_last=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-2, total_steps=epochs * len(data))
     model.train()
     for _ in range(epochs):
         for x, y in data:
@@ -149,11 +154,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="segmentation-out")
     p.add_argument("--model", choices=("tiny", "lraspp"), default="tiny")
-    p.add_argument("--size", type=int, default=48, help="image side (pixels)")
-    p.add_argument("--train", type=int, default=512, help="training images")
-    p.add_argument("--teacher-epochs", type=int, default=6)
-    p.add_argument("--episodes", type=int, default=12)
-    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--size", type=int, default=32, help="image side (pixels)")
+    p.add_argument("--train", type=int, default=384, help="training images")
+    p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--episodes", type=int, default=8)
+    p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--target-flops", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -178,8 +183,8 @@ def main() -> None:
         search=SearchConfig(episodes=args.episodes, env=EnvConfig(calib_batches=4)),
         distill=DistillConfig(
             epochs=args.finetune_epochs,
-            batch_size=32,
-            lr=3e-3,
+            batch_size=16,
+            lr=1e-3,
             optimizer="adamw",
             weight_decay=1e-4,
         ),
