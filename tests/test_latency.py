@@ -82,12 +82,17 @@ def test_best_per_mac_and_pick_from_penalties():
     costs = alignment_costs(pts)
     assert costs["1"] == pytest.approx(2.0) and costs["16"] == pytest.approx(1.0)
     assert best_per_mac(pts) == 16
-    # the pick walks down from the reference while the fitted penalties stay within noise
-    assert pick_alignment({1: 2.0, 2: 1.5, 4: 1.0, 8: 1.0}, 16, noise=0.0) == 4
-    assert pick_alignment({1: 2.0, 2: 1.5, 4: 1.03, 8: 1.0}, 16, noise=0.0) == 8
-    assert pick_alignment({1: 2.0, 2: 1.5, 4: 1.03, 8: 1.0}, 16, noise=0.02) == 4
-    assert pick_alignment({1: 1.2, 8: 1.1}, 16, noise=0.0) == 16
-    assert pick_alignment({}, 16, noise=0.0) == 16
+    # the pick walks down from the reference while the fitted penalties and the time per
+    # MAC stay within noise
+    flat = {"1": 1.0, "2": 1.0, "4": 1.0, "8": 1.0, "16": 1.0}
+    assert pick_alignment({1: 2.0, 2: 1.5, 4: 1.0, 8: 1.0}, flat, 16, noise=0.0) == 4
+    assert pick_alignment({1: 2.0, 2: 1.5, 4: 1.03, 8: 1.0}, flat, 16, noise=0.0) == 8
+    assert pick_alignment({1: 2.0, 2: 1.5, 4: 1.03, 8: 1.0}, flat, 16, noise=0.02) == 4
+    assert pick_alignment({1: 1.2, 8: 1.1}, flat, 16, noise=0.0) == 16
+    assert pick_alignment({}, {"16": 1.0}, 16, noise=0.0) == 16
+    # penalties within noise, but whole models slower per MAC (a poorly fitting model)
+    slow = {**flat, "4": 1.24, "8": 1.24}
+    assert pick_alignment({1: 2.2, 2: 2.0, 4: 1.03, 8: 1.0}, slow, 16, noise=0.04) == 16
 
 
 def test_profile_picks_the_multiple_from_fitted_penalties():
