@@ -229,7 +229,8 @@ def _table(points: list[dict], layers: dict, round_to: int) -> dict:
         "round_to": round_to,
         "total_ms": points[0]["ms"],
         "layers": layers,
-        "calibration": [p for p in points[1:] if p["round_to"] == round_to],
+        # plans in coarser multiples are aligned to this one too
+        "calibration": [p for p in points[1:] if p["round_to"] >= round_to],
         "misaligned": [p for p in points[1:] if p["round_to"] < round_to],
         "alignment": alignment_costs(points),
     }

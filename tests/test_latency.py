@@ -107,7 +107,7 @@ def test_profile_picks_the_multiple_from_fitted_penalties():
     # the first conv's 3 image channels run 3x in every plan, so the mix is a bit under 3
     assert all(2.0 < table["penalties"][a] <= 3.0 + 1e-9 for a in ("1", "2"))
     assert set(table["alignment"]) <= {str(a) for a in ALIGNMENTS}
-    assert all(p["round_to"] == 4 for p in table["calibration"])
+    assert {p["round_to"] for p in table["calibration"]} >= {4, 8, 16}  # 32: out of reach
     assert {p["round_to"] for p in table["misaligned"]} == {1, 2}
     full = {g.name: g.channels for g in analyze(model, X).prunable}
     assert all(
