@@ -207,7 +207,7 @@ def test_compress_removes_checkpoints_after_success_unless_kept(tmp_path):
     from qmixprune.search import EnvConfig, SearchConfig
 
     cfg = CompressConfig(
-        search=SearchConfig(episodes=2, env=EnvConfig(reward_batches=1, calib_batches=1)),
+        search=SearchConfig(episodes=1, env=EnvConfig(reward_batches=1, calib_batches=1)),
         distill=DistillConfig(epochs=1, batch_size=128),
         export=False,
         allow_untrained=True,
