@@ -159,6 +159,7 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--episodes", type=int, default=8)
     p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--target-flops", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -184,7 +185,7 @@ def main() -> None:
         distill=DistillConfig(
             epochs=args.finetune_epochs,
             batch_size=16,
-            lr=1e-3,
+            lr=args.finetune_lr,
             optimizer="adamw",
             weight_decay=1e-4,
         ),
