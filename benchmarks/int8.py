@@ -8,7 +8,7 @@ measured in ONNX Runtime.
 Goal (issue 13): at batch 32, the INT8 pruned model >= 5x faster than the fp32 original,
 its accuracy within 1 point of the fp32 pruned model's.
 
-    python benchmarks/int8.py [--model vgg16] [--epochs 12] [--threads 2] [--json F]
+    python benchmarks/int8.py [--epochs 12 | --teacher FILE] [--threads 2] [--json F]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from qmixprune import analyze, export_onnx
+from qmixprune import analyze, export_onnx, load
 from qmixprune.bench import bench, format_results
 from qmixprune.budget import Budget, CostModel, uniform_counts
 from qmixprune.data import load_data
@@ -38,6 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vgg16")
     p.add_argument("--epochs", type=int, default=12, help="teacher training epochs (cached)")
+    p.add_argument("--teacher", help="a trained model file to use instead (e.g. the demo's)")
     p.add_argument("--target", type=float, default=0.4)
     p.add_argument("--round-to", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
@@ -46,7 +47,7 @@ def main() -> None:
     args = p.parse_args()
     data = load_data("digits")
     x = torch.zeros(1, 3, 32, 32)
-    model = teacher(args.model, data, epochs=args.epochs)
+    model = load(args.teacher).eval() if args.teacher else teacher(args.model, data, args.epochs)
     graph = analyze(model, x)
     cost = CostModel(model, graph, x)
     groups = [g.name for g in graph.prunable]
