@@ -86,6 +86,13 @@ def main() -> None:
         print(
             f"seed {seed}: {len(scored)} evaluations, {time.perf_counter() - t0:.0f} s", flush=True
         )
+        table(rows, patiences)  # after every seed: a cut-short run still says something
+        if args.json:
+            doc = {"args": vars(args), "rows": rows}
+            atomic_write_bytes(args.json, json.dumps(doc).encode())
+
+
+def table(rows: list[dict], patiences: list[int]) -> None:
     full = {r["seed"]: r for r in rows if r["patience"] == 0}
     print(f"\n{'patience':>8} {'evals':>7} {'val - full':>11} {'test - full':>12}  (mean, worst)")
     for p in patiences:
@@ -95,10 +102,9 @@ def main() -> None:
         ev = statistics.mean(r["evaluations"] for r in sel)
         print(
             f"{p or 'off':>8} {ev:7.1f} {statistics.mean(dv):+.4f} {min(dv):+.4f}"
-            f" {statistics.mean(dt):+.4f} {min(dt):+.4f}"
+            f" {statistics.mean(dt):+.4f} {min(dt):+.4f}",
+            flush=True,
         )
-    if args.json:
-        atomic_write_bytes(args.json, json.dumps({"args": vars(args), "rows": rows}).encode())
 
 
 if __name__ == "__main__":
