@@ -21,6 +21,7 @@ from .errors import UserError
 from .outdir import check, claim
 from .pipeline import CompressConfig, compress
 from .search import EnvConfig, QmixConfig, SearchConfig
+from .seeding import seeded
 from .train import TrainConfig, train
 
 
@@ -59,8 +60,8 @@ def digits_teacher(
         except UserError:
             path.unlink()  # a damaged cache entry is retrained, not trusted
     log(f"training VGG-16 (width 0.5) on digits for {cfg.epochs} epochs (cached at {path})")
-    torch.manual_seed(seed)
-    model = models.create("vgg16", num_classes=data.num_classes, width=0.5)
+    with seeded(seed):  # weight initialisation draws from the global RNG
+        model = models.create("vgg16", num_classes=data.num_classes, width=0.5)
     train(
         model,
         data.train,

@@ -28,6 +28,7 @@ from .data import DataSplits
 from .device import module_device, to_device
 from .distributed import rank_world
 from .errors import UserError
+from .seeding import seeded
 from .serialize import atomic_write_bytes
 from .train import augment
 from .train import evaluate as accuracy
@@ -127,11 +128,29 @@ def distill(
     ``val_acc`` hold the value used. ``features`` maps a module name to the teacher channels
     the student kept there (for feature distillation). Under torchrun ``cfg.batch_size`` is the
     global batch (see ``per_rank_batch``)."""
+    with seeded(cfg.seed):  # dropout draws from the global RNG: repeatable, caller's RNG kept
+        return _distill(
+            student,
+            teacher,
+            data,
+            cfg,
+            out,
+            resume,
+            on_epoch,
+            features,
+            device,
+            train_step,
+            evaluate,
+        )
+
+
+def _distill(
+    student, teacher, data, cfg, out, resume, on_epoch, features, device, train_step, evaluate
+) -> tuple[nn.Module, list[dict]]:
     cfg.validate()
     rank, world = rank_world()
     device = device if device is not None else module_device(student)
     local_batch = per_rank_batch(cfg.batch_size, world)
-    torch.manual_seed(cfg.seed)
     student, teacher = student.to(device), teacher.to(device).eval()
     model = student
     if world > 1:

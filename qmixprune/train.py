@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .device import module_device, to_device
+from .seeding import seeded
 
 
 def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **kw) -> DataLoader:
@@ -113,7 +114,11 @@ def train(
 ) -> nn.Module:
     """Plain supervised training: SGD with momentum, one-cycle LR, random shifts; the model
     and its batches on ``device`` (default: where the model's parameters are)."""
-    torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):  # dropout draws from the global RNG: repeatable, caller's RNG kept
+        return _train(model, train_set, cfg, hflip, on_epoch, device)
+
+
+def _train(model, train_set, cfg, hflip, on_epoch, device) -> nn.Module:
     device = device if device is not None else module_device(model)
     model.to(device)
     data = loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
