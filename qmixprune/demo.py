@@ -29,12 +29,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QMIXPRUNE_CACHE", Path.home() / ".cache" / "qmixprune"))
 
 
-# The teacher recipe, meant to survive pruning: longer training, strong weight decay (filters
-# the network does not need shrink, so L1 importance ranks them last) and label smoothing.
-# What the uniform L1 plan keeps under it is measured in the README ("Benchmarks"); 6 epochs
-# of the earlier recipe (weight decay 5e-4, no smoothing) kept 34 % at 0.2 of the MACs.
+# The teacher recipe: the one the demo's figures in the README were measured with. A recipe
+# meant to survive pruning (15 epochs, weight decay 5e-3, label smoothing 0.1) was measured
+# worse under uniform L1 at 0.2 of the MACs after BN recalibration (20.9 % vs 32.9 % test
+# accuracy, see the README), so it is not the default; finding one that survives is open.
 # The quick demo trains the same recipe for fewer epochs.
-TEACHER = TrainConfig(epochs=15, lr=0.05, weight_decay=0.005, label_smoothing=0.1)
+TEACHER = TrainConfig(epochs=10, lr=0.05, weight_decay=5e-4)
 QUICK_TEACHER_EPOCHS = 6
 
 
