@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .onnx_input import single_input
 from .outdir import file_mode
 
 QUANTIZERS = ("auto", "onnxruntime", "modelopt")
@@ -53,20 +54,9 @@ class QuantizeResult:
 
 def input_shape(onnx_path: str | Path) -> tuple[str, list]:
     """Name and shape of the model's (single) input; the batch axis may be a name."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:
-        raise UserError(f"{onnx_path} is not an ONNX model: {str(exc).splitlines()[0]}") from exc
-    inits = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise UserError(
-            f"INT8 calibration needs a model with one input; {onnx_path} has {len(inputs)}"
-        )
-    dims = inputs[0].type.tensor_type.shape.dim
-    return inputs[0].name, [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+    _, inp = single_input(onnx_path, "INT8 calibration needs a model with one input")
+    dims = inp.type.tensor_type.shape.dim
+    return inp.name, [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
 
 
 def calibration_arrays(

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .onnx_input import single_input
 from .outdir import file_mode
 
 INSTALL_HINT = (
@@ -118,15 +119,8 @@ def inspect_onnx(path: str | Path) -> OnnxInput:
     """The model's single input, checked: a free batch axis and fixed other dimensions."""
     import onnx
 
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise UserError(f"{path} is not an ONNX model: {str(exc).splitlines()[0]}") from exc
-    inits = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise UserError(f"engines are built for models with one input; {path} has {len(inputs)}")
-    tt = inputs[0].type.tensor_type
+    proto, inp = single_input(path, "engines are built for models with one input")
+    tt = inp.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
     if not dims or isinstance(dims[0], int):
         raise UserError(
@@ -137,7 +131,7 @@ def inspect_onnx(path: str | Path) -> OnnxInput:
         raise UserError(f"{path}'s input {dims} has free dimensions other than the batch")
     ops = {n.op_type for n in proto.graph.node}
     return OnnxInput(
-        inputs[0].name,
+        inp.name,
         tuple(dims),
         bool(ops & {"QuantizeLinear", "DequantizeLinear"}),
         tt.elem_type == onnx.TensorProto.FLOAT16,
