@@ -29,13 +29,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QMIXPRUNE_CACHE", Path.home() / ".cache" / "qmixprune"))
 
 
-# The teacher recipe: the one the demo's figures in the README were measured with. A recipe
-# meant to survive pruning (15 epochs, weight decay 5e-3, label smoothing 0.1) was measured
-# worse under uniform L1 at 0.2 of the MACs after BN recalibration (20.9 % vs 32.9 % test
-# accuracy, see the README), so it is not the default; finding one that survives is open.
+# The teacher recipe: targeted dropout (see ``TrainConfig``) makes a teacher that survives
+# L1 pruning. Measured on the benchmark's seed 0 (README): uniform L1 at 0.2 of the MACs,
+# BN recalibrated, keeps 89 % test accuracy with it and 41 % without (seed 1: 86 % / 26 %).
 # The quick demo trains the same recipe for fewer epochs.
-TEACHER = TrainConfig(epochs=10, lr=0.05, weight_decay=5e-4)
-QUICK_TEACHER_EPOCHS = 6
+TEACHER = TrainConfig(epochs=12, lr=0.05, weight_decay=5e-4, targeted_dropout=0.25)
+QUICK_TEACHER_EPOCHS = 8
 
 
 def digits_teacher(
@@ -51,7 +50,7 @@ def digits_teacher(
     data = load_data("digits", seed=seed)
     name = (
         f"vgg16-w0.5-digits-seed{seed}-e{cfg.epochs}-lr{cfg.lr}-wd{cfg.weight_decay}"
-        f"-ls{cfg.label_smoothing}.safetensors"
+        f"-ls{cfg.label_smoothing}-td{cfg.targeted_dropout}x{cfg.targeted_fraction}.safetensors"
     )
     path = cache_dir() / name
     if path.is_file():
