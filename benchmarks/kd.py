@@ -18,7 +18,7 @@ import torch
 
 from qmixprune import analyze
 from qmixprune.budget import Budget, CostModel, uniform_counts
-from qmixprune.demo import digits_teacher
+from qmixprune.demo import QUICK_TEACHER_EPOCHS, digits_teacher
 from qmixprune.distill import DistillConfig, distill
 from qmixprune.importance import ranks
 from qmixprune.pruning import apply_plan, plan_for_counts
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--json")
     args = p.parse_args()
-    teacher, data = digits_teacher(0, epochs=6)
+    teacher, data = digits_teacher(0, epochs=QUICK_TEACHER_EPOCHS)
     x = torch.zeros(1, *data.input_shape)
     graph = analyze(teacher, x)
     counts = uniform_counts(
