@@ -1,7 +1,8 @@
 """How much early stopping costs: the measurement behind ``SearchConfig.patience``'s default.
 
 A setting that ``benchmarks/search.py`` does not report: the quick demo's teacher (VGG-16,
-width 0.5, the demo recipe for 6 epochs; the search benchmark's is trained 15), at 0.4 of the
+width 0.5, the demo recipe for its quick epochs; the search benchmark's trains the full
+recipe), at 0.4 of the
 MACs (it reports 0.2 and 0.1), search seeds 10, 11, 12 (it uses 0, 1, 2). Each seed runs the
 full default search once without early stopping; patience only ends a run, so the run a
 patience P would have made is this one cut where P evaluations passed without a better

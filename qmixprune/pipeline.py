@@ -391,7 +391,8 @@ def _write_outputs(
             {k: v["after"] for k, v in result.channels.items()},
             out / "channels.png",
         )
-        plot_finetune(result.finetune, out / "finetune_curve.png")
+        metric = "score" if "score" in result.original else "accuracy"  # a task's evaluate
+        plot_finetune(result.finetune, out / "finetune_curve.png", metric)
     except Exception as exc:
         _skipped("plots", exc)
     try:

@@ -55,10 +55,11 @@ def plot_rewards(log: list[dict], path: Path) -> Path | None:
     )
 
 
-def plot_finetune(history: list[dict], path: Path) -> Path | None:
-    """Val accuracy of the pruned model per distillation epoch."""
+def plot_finetune(history: list[dict], path: Path, metric: str = "accuracy") -> Path | None:
+    """The pruned model's val ``metric`` (accuracy, or the task's own score) per
+    distillation epoch."""
     return plot_curve(
-        history, "epoch", ["val_acc"], path, "accuracy", "Distillation: val accuracy per epoch"
+        history, "epoch", ["val_acc"], path, metric, f"Distillation: val {metric} per epoch"
     )
 
 
@@ -66,7 +67,7 @@ def plot_finetune(history: list[dict], path: Path) -> Path | None:
 PLOTS = (
     ("channels.png", "Channels per group, original and pruned"),
     ("reward_curve.png", "Search reward per episode"),
-    ("finetune_curve.png", "Val accuracy per distillation epoch"),
+    ("finetune_curve.png", "Val accuracy (or the task's score) per distillation epoch"),
 )
 
 ALIGN = 8  # the channel multiple below which widths are called unaligned (see README: Method)
