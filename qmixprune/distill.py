@@ -85,7 +85,10 @@ def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
     needs a GradScaler); None (full precision) on the CPU or when AMP is off."""
     if not enabled or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # bf16 needs compute capability 8.0 (Ampere) or later, asked of this device: under
+    # torchrun the current device may not be the one the model is on
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 def per_rank_batch(batch_size: int, world: int) -> int:

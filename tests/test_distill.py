@@ -156,11 +156,12 @@ def test_global_batch_split_and_amp_dtype(monkeypatch):
     DistillConfig(batch_size=63).validate()
     monkeypatch.delenv("WORLD_SIZE")
     assert amp_dtype(torch.device("cpu")) is None
-    cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert amp_dtype(cuda) == torch.bfloat16 and amp_dtype(cuda, enabled=False) is None
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert amp_dtype(cuda) == torch.float16
+    # asked of the model's device, not the current one: cuda:0 a Turing, cuda:1 an Ampere
+    capability = {0: (7, 5), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: capability[d.index])
+    ampere, turing = torch.device("cuda", 1), torch.device("cuda", 0)
+    assert amp_dtype(ampere) == torch.bfloat16 and amp_dtype(ampere, enabled=False) is None
+    assert amp_dtype(turing) == torch.float16
 
 
 def test_augment_same_draws_on_any_device():
