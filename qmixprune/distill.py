@@ -120,8 +120,8 @@ def distill(
     train_step: Callable[[nn.Module, nn.Module, object], torch.Tensor] | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
-    """Fine-tune ``student`` against ``teacher``; returns the best student and the per-epoch
-    history.
+    """Fine-tune ``student`` against ``teacher``; returns the best student on val (the one
+    that came in when no epoch beats it) and the per-epoch history.
 
     ``device`` (from ``device.resolve``; default: the student's device) takes both models and
     every batch. ``train_step(student, teacher, batch)`` replaces the classification KD loss:
@@ -191,9 +191,13 @@ def _distill(
     aug = torch.Generator().manual_seed(cfg.seed + 1 + rank)
     hooks = _FeatureHooks(student, teacher, features) if cfg.feature_weight > 0 else None
 
+    def _score(m: nn.Module) -> float:
+        return float(evaluate(m.eval()) if evaluate is not None else accuracy(m, data.val))
+
     state = {
         "epoch": 0,
         "best_acc": float("-inf"),
+        "best_epoch": -1,
         "best": copy.deepcopy(student.state_dict()),
         "history": [],
     }
@@ -215,6 +219,13 @@ def _distill(
         gen.set_state(sd["gen"].cpu())
         aug.set_state(sd["aug"].cpu())
         state = {k: sd[k] for k in ("epoch", "best_acc", "best", "history")}
+        state["best_epoch"] = sd.get("best_epoch", -1)
+    if state["epoch"] == 0 and cfg.epochs > 0:
+        # the student as it came in is a candidate too: fine-tuning that only makes it
+        # worse on val (too high a learning rate, a task loss that does not fit) returns
+        # it unchanged; an epoch that ties it is preferred
+        state["best_acc"] = _score(student)
+        state["best_epoch"] = 0
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
         if sampler is not None:
@@ -238,8 +249,7 @@ def _distill(
             total += loss.detach().float()
         if world > 1:
             _average_buffers(student, world)
-        val = evaluate(student.eval()) if evaluate is not None else accuracy(student, data.val)
-        val = float(val)
+        val = _score(student)
         entry = {
             "epoch": epoch + 1,
             "loss": total.item() / len(loader),
@@ -248,8 +258,9 @@ def _distill(
             "lr": sched.get_last_lr()[0],
         }
         state["history"].append(entry)
-        if val > state["best_acc"]:
+        if val > state["best_acc"] or (val == state["best_acc"] and state["best_epoch"] == 0):
             state["best_acc"], state["best"] = val, copy.deepcopy(student.state_dict())
+            state["best_epoch"] = epoch + 1
         state["epoch"] = epoch + 1
         if ckpt is not None and rank == 0:
             buf = io.BytesIO()

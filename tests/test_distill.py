@@ -36,9 +36,24 @@ def setup():
 
 def test_best_on_val_is_kept_and_history(setup):
     teacher, student, data, _ = setup
+    before = evaluate(student, data.val)
     s, hist = distill(student, teacher, data, DistillConfig(epochs=2, batch_size=32, lr=0.05))
     assert [h["epoch"] for h in hist] == [1, 2]
-    assert evaluate(s, data.val) == max(h["val_acc"] for h in hist)
+    assert evaluate(s, data.val) == max(before, *(h["val_acc"] for h in hist))
+
+
+def test_fine_tuning_that_only_hurts_returns_the_student_unchanged(setup):
+    teacher, student, data, _ = setup
+    # the fixture's teacher is untrained: cross-entropy (alpha 0) gets the student off chance
+    cfg = DistillConfig(epochs=3, batch_size=32, lr=0.05, alpha=0.0)
+    student, _ = distill(copy.deepcopy(student), teacher, data, cfg)
+    incoming = {k: v.clone() for k, v in student.state_dict().items()}
+    # a learning rate this high wrecks the student every epoch
+    cfg = DistillConfig(epochs=2, batch_size=32, lr=50.0, alpha=0.0)
+    s, hist = distill(student, teacher, data, cfg)
+    assert all(h["val_acc"] < evaluate(s, data.val) for h in hist)
+    for k, v in s.state_dict().items():
+        assert torch.equal(v, incoming[k])
 
 
 def test_resume_matches_uninterrupted(setup, tmp_path):
@@ -128,7 +143,8 @@ def test_custom_step_and_evaluate_pick_the_best_epoch(setup):
         seen.append((x.device, y.device))
         return F.cross_entropy(model(x), y)
 
-    scores = iter([-3.0, -1.0, -2.0])  # higher is better; all negative
+    # higher is better; all negative; the first scores the student as it came in
+    scores = iter([-5.0, -3.0, -1.0, -2.0])
     states = []
 
     def score(m):
@@ -141,7 +157,7 @@ def test_custom_step_and_evaluate_pick_the_best_epoch(setup):
     assert [h["val"] for h in hist] == [-3.0, -1.0, -2.0] == [h["val_acc"] for h in hist]
     assert len(seen) == 3 * 2 and all(d == (torch.device("cpu"),) * 2 for d in seen)
     for k, v in s.state_dict().items():  # the second epoch's weights were kept
-        assert torch.equal(v, states[1][k]), k
+        assert torch.equal(v, states[2][k]), k
 
 
 def test_global_batch_split_and_amp_dtype(monkeypatch):
