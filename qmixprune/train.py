@@ -148,9 +148,8 @@ def targeted_dropout(model: nn.Module, p: float, fraction: float, gen: torch.Gen
             if not bn.training or k == 0:
                 return out
             low = conv.weight.detach().abs().flatten(1).sum(1).argsort()[:k]
-            keep = (torch.rand(out.shape[0], k, generator=gen) >= p).to(out)
-            mask = torch.ones(out.shape[0], out.shape[1], device=out.device, dtype=out.dtype)
-            mask[:, low] = keep.to(out.device)
+            mask = torch.ones(out.shape[:2], device=out.device, dtype=out.dtype)
+            mask[:, low] = (torch.rand(out.shape[0], k, generator=gen) >= p).to(out)
             return out * mask[:, :, None, None]
 
         return hook
