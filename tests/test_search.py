@@ -297,3 +297,56 @@ def test_search_ignores_the_global_rng(env_parts, monkeypatch):
     monkeypatch.setattr(torch.random, "manual_seed", reseed)
     b = search(make_env(env_parts), cfg)
     assert [e["reward"] for e in a.log] == [e["reward"] for e in b.log] and a.counts == b.counts
+
+
+class _TrainModeView(torch.nn.Module):
+    """Runs in channels-last layout in eval mode only: training takes a view of a map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _conv_bn_net()[:6]
+        self.head = torch.nn.Linear(16 * 8 * 8, 4)
+
+    def forward(self, x):
+        x = self.body(x)
+        x = x.view(x.size(0), -1) if self.training else x.flatten(1)
+        return self.head(x)
+
+
+def test_channels_last_scoring_matches_the_default_layout_and_falls_back():
+    from nets import Mixed
+
+    from qmixprune.search.evaluator import runs_channels_last
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 8, 8, generator=gen), torch.zeros(8)) for _ in range(2)]
+    x = batches[0][0]
+    net = _conv_bn_net()
+    y = net(x).argmax(1)
+    from qmixprune.search.evaluator import val_score
+
+    score = val_score([(x, y)], reward="loss")  # a smooth reward: layouts must agree closely
+    cfg = EnvConfig(target_flops=0.5, round_to=1, calib_batches=2)
+    envs = {
+        cl: build_env(net, None, replace(cfg, channels_last=cl), score=score, calib=batches)
+        for cl in (False, True, None)
+    }
+    assert envs[None].evaluator.channels_last  # a plain conv net on the CPU: probed, on
+    assert not envs[False].evaluator.channels_last
+    counts = envs[False].project(torch.full((envs[False].n_agents,), 0.5))
+    rewards = {cl: env.evaluate(counts) for cl, env in envs.items()}
+    assert rewards[True] == pytest.approx(rewards[False], rel=1e-5)
+    assert rewards[None] == rewards[True]
+    pruned = envs[True].evaluator.candidate(counts)  # saved and exported as usual
+    assert all(p.is_contiguous() for p in pruned.parameters())
+    # a view of a feature map needs the default layout: the probe says no
+    assert not runs_channels_last(Mixed().eval(), torch.randn(2, 3, 8, 8))
+    assert runs_channels_last(net, x) and not runs_channels_last(net, x.flatten(1))
+    # a path the probe cannot see (training mode) fails: scored in the default layout
+    model = _TrainModeView().eval()
+    env = build_env(model, None, replace(cfg, channels_last=True), score=score, calib=batches)
+    counts = env.project(torch.full((env.n_agents,), 0.5))
+    reward = env.evaluate(counts)
+    assert not env.evaluator.channels_last
+    ref = build_env(model, None, replace(cfg, channels_last=False), score=score, calib=batches)
+    assert reward == ref.evaluate(counts)

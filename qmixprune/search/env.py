@@ -53,6 +53,7 @@ class EnvConfig:
     adaptive_bn: bool = True  # recalibrate BN statistics before scoring a plan
     reward: str = "acc"  # "acc" or "loss" (negative cross-entropy: smoother, cheaper signal)
     step_reward: bool = False  # reward every step's projected plan, not only the last
+    channels_last: bool | None = None  # score candidates in that layout; None: on CPU if it runs
 
     def validate(self) -> None:
         for name in ("target_flops", "target_latency"):
@@ -107,7 +108,7 @@ class PruningEnv:
         self.ranking = ranks(model, graph.prunable, cfg.importance, self.scores)
         device = module_device(model) if device is None else device
         self.evaluator = PlanEvaluator(
-            model, graph, self.ranking, calib, score, device, cfg.adaptive_bn
+            model, graph, self.ranking, calib, score, device, cfg.adaptive_bn, cfg.channels_last
         )
         self.static = self._static_features()
         self.obs_dim = self.static.shape[1] + 3 + N_GLOBAL
