@@ -1,8 +1,10 @@
 """Where does a pruned model's time go? ONNX Runtime's profiler, per operator type, for the
 original and a uniformly pruned copy (widths in multiples of --round-to) at --target of the
-MACs: time per op type, its share, and the pruned/original ratio next to the MAC ratio.
+MACs: time per op type, and the whole-run speed-up next to the ideal (1 / MACs kept). With
+--int8, the original model in fp32 and INT8 instead: activations quantized for ONNX Runtime
+(uint8) and for TensorRT (symmetric int8), both run here by ONNX Runtime's CPU kernels.
 
-    python benchmarks/ort_ops.py [--model resnet56] [--target 0.4] [--batch 32] [--json F]
+    python benchmarks/ort_ops.py [--model resnet56] [--target 0.4] [--batch 32] [--int8] [--json F]
 
 Untrained weights: operator times do not depend on the values.
 """
@@ -23,6 +25,7 @@ from qmixprune import analyze, count, export_onnx
 from qmixprune.budget import Budget, CostModel, uniform_counts
 from qmixprune.models import create
 from qmixprune.pruning import apply_plan, plan_for_counts
+from qmixprune.quantize import RUNTIMES, quantize
 
 
 def op_times(path: Path, batch: int, runs: int, threads: int) -> tuple[dict, float]:
@@ -55,42 +58,60 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="the original in fp32 and INT8 (activations for onnxruntime and for tensorrt)",
+    )
     p.add_argument("--json")
     args = p.parse_args()
     torch.manual_seed(0)
     x = torch.zeros(1, 3, 32, 32)
     model = create(args.model, num_classes=10).eval()
-    graph = analyze(model, x)
-    cost = CostModel(model, graph, x)
-    counts = uniform_counts(
-        Budget(cost, args.target), [g.name for g in graph.prunable], round_to=args.round_to
-    )
-    pruned = apply_plan(model, graph, plan_for_counts(graph, counts)).eval()
-    macs = count(pruned, x)[0] / count(model, x)[0]
     with tempfile.TemporaryDirectory() as d:
         a = export_onnx(model, Path(d) / "original.onnx", x).path
-        b = export_onnx(pruned, Path(d) / "pruned.onnx", x).path
-        (ops_a, run_a), (ops_b, run_b) = (
-            op_times(f, args.batch, args.runs, args.threads) for f in (a, b)
-        )
-    sum_a, sum_b = sum(ops_a.values()), sum(ops_b.values())
-    print(
-        f"{args.model} at {macs:.3f} of the MACs (multiples of {args.round_to}), batch "
-        f"{args.batch}, {args.threads} threads: run {run_a / 1e3:.2f} -> {run_b / 1e3:.2f} ms "
-        f"({run_a / run_b:.2f}x; ideal {1 / macs:.2f}x); kernels {sum_a / 1e3:.2f} -> "
-        f"{sum_b / 1e3:.2f} ms"
-    )
-    print(f"{'op':<22} {'orig ms':>8} {'share':>6} {'pruned ms':>9} {'share':>6} {'speed-up':>8}")
-    rows = []
-    for op in sorted(ops_a, key=lambda o: -ops_a[o]):
-        ta, tb = ops_a[op], ops_b.get(op, 0.0)
-        rows.append({"op": op, "original_us": ta, "pruned_us": tb})
+        if args.int8:
+            variants, macs = {"fp32": a}, 1.0
+            rng = np.random.default_rng(0)  # timing only: ranges from random inputs will do
+            calib = [rng.standard_normal((32, 3, 32, 32)).astype(np.float32) for _ in range(4)]
+            for runtime in RUNTIMES:
+                path = Path(d) / f"int8-{runtime}.onnx"
+                quantize(a, path, calib, "onnxruntime", runtime)
+                variants[f"int8 {runtime}"] = path
+        else:
+            graph = analyze(model, x)
+            cost = CostModel(model, graph, x)
+            names = [g.name for g in graph.prunable]
+            counts = uniform_counts(Budget(cost, args.target), names, round_to=args.round_to)
+            pruned = apply_plan(model, graph, plan_for_counts(graph, counts)).eval()
+            macs = count(pruned, x)[0] / count(model, x)[0]
+            variants = {"original": a, "pruned": export_onnx(pruned, Path(d) / "p.onnx", x).path}
+        times = {
+            k: op_times(Path(f), args.batch, args.runs, args.threads) for k, f in variants.items()
+        }
+    labels = list(times)
+    base_ops, base_run = times[labels[0]]
+    what = f"at {macs:.3f} of the MACs (multiples of {args.round_to})" if not args.int8 else ""
+    print(f"{args.model} {what}, batch {args.batch}, {args.threads} threads; whole run:")
+    for k, (ops, run) in times.items():
+        ideal = f" (ideal {1 / macs:.2f}x)" if k == "pruned" else ""
         print(
-            f"{op:<22} {ta / 1e3:>8.3f} {ta / sum_a:>6.1%} {tb / 1e3:>9.3f} {tb / sum_b:>6.1%} "
-            f"{ta / tb if tb else float('inf'):>7.2f}x"
+            f"  {k:<18} {run / 1e3:8.2f} ms  {base_run / run:5.2f}x{ideal}  kernels "
+            f"{sum(ops.values()) / 1e3:.2f} ms"
         )
+    every = sorted(
+        {o for ops, _ in times.values() for o in ops},
+        key=lambda o: -max(ops.get(o, 0.0) for ops, _ in times.values()),
+    )
+    print(f"{'op (ms per run)':<26}" + "".join(f"{k:>18}" for k in labels))
+    rows = []
+    for op in every:
+        us = {k: times[k][0].get(op, 0.0) for k in labels}
+        rows.append({"op": op, **{f"{k}_us": v for k, v in us.items()}})
+        print(f"{op:<26}" + "".join(f"{v / 1e3:>18.3f}" for v in us.values()))
     if args.json:
-        doc = {"args": vars(args), "macs": macs, "run_us": [run_a, run_b], "ops": rows}
+        runs = {k: run for k, (_, run) in times.items()}
+        doc = {"args": vars(args), "macs": macs, "run_us": runs, "ops": rows}
         Path(args.json).write_text(json.dumps(doc, indent=1))
 
 

@@ -1,11 +1,19 @@
 """INT8 ONNX by static post-training quantization, checked against the fp32 model.
 
 The INT8 model carries QuantizeLinear/DequantizeLinear (Q/DQ) pairs: weights quantized per
-output channel, activation ranges calibrated on training batches. ONNX Runtime fuses the pairs
-into integer kernels on the CPU, and TensorRT reads them as explicit quantization. The
-quantizer is NVIDIA ModelOpt's ONNX quantization when it is installed (its Q/DQ placement
-follows TensorRT's rules), else ``onnxruntime.quantization``. Needs numpy and onnxruntime
-only (no torch).
+output channel (symmetric int8), activation ranges calibrated on training batches. The
+activations are quantized for the runtime that will read the model:
+
+- ``onnxruntime`` (the CPU): uint8, asymmetric. ONNX Runtime's CPU kernels fuse Q/DQ pairs
+  into integer ops (QLinearConv, QLinearAdd) for uint8 activations; with int8 activations it
+  ran about half of ResNet-56's convolutions as DequantizeLinear + Transpose + fp32 Conv and
+  the INT8 model was slower than the fp32 one (``python benchmarks/ort_ops.py --int8``).
+- ``tensorrt``: int8, symmetric (zero point 0), the only form TensorRT's explicit
+  quantization reads.
+
+The quantizer is ``onnxruntime.quantization``, or NVIDIA ModelOpt's ONNX quantization (its
+Q/DQ placement follows TensorRT's rules), which ``auto`` picks for TensorRT when it is
+installed. Needs numpy and onnxruntime only (no torch).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from .onnx_input import single_input
 from .outdir import file_mode
 
 QUANTIZERS = ("auto", "onnxruntime", "modelopt")
+RUNTIMES = ("onnxruntime", "tensorrt")  # who reads the INT8 model: its activation type
 # The INT8 model must pick the fp32 model's class on at least this fraction of the check
 # inputs, and its logits may differ from the fp32 model's by at most this fraction of their
 # RMS (8-bit activations carry ~1 % rounding noise per layer; it accumulates with depth).
@@ -99,13 +108,17 @@ def quantize(
     out_path: str | Path,
     calibration: list[np.ndarray],
     quantizer: str = "auto",
+    runtime: str = "onnxruntime",
 ) -> str:
-    """Write a Q/DQ INT8 copy of ``fp32_path`` to ``out_path`` (atomically); returns the
-    quantizer used."""
+    """Write a Q/DQ INT8 copy of ``fp32_path`` for ``runtime`` to ``out_path`` (atomically);
+    returns the quantizer used."""
     if quantizer not in QUANTIZERS:
         raise UserError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
-    if quantizer == "auto":
-        quantizer = "modelopt" if _modelopt() is not None else "onnxruntime"
+    if runtime not in RUNTIMES:
+        raise UserError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if quantizer == "auto":  # ModelOpt writes TensorRT's int8 Q/DQ, whatever the runtime
+        use_modelopt = runtime == "tensorrt" and _modelopt() is not None
+        quantizer = "modelopt" if use_modelopt else "onnxruntime"
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".onnx")
@@ -116,7 +129,7 @@ def quantize(
             if quantizer == "modelopt":
                 _quantize_modelopt(Path(fp32_path), Path(tmp), calibration)
             else:
-                _quantize_ort(Path(fp32_path), Path(tmp), calibration)
+                _quantize_ort(Path(fp32_path), Path(tmp), calibration, runtime)
         except UserError:
             raise
         except Exception as exc:  # the quantizers' own errors, deep inside them
@@ -150,7 +163,7 @@ def _quantize_modelopt(src: Path, dst: Path, calibration: list[np.ndarray]) -> N
     )
 
 
-def _quantize_ort(src: Path, dst: Path, calibration: list[np.ndarray]) -> None:
+def _quantize_ort(src: Path, dst: Path, calibration: list[np.ndarray], runtime: str) -> None:
     try:
         from onnxruntime.quantization import (
             CalibrationDataReader,
@@ -163,6 +176,10 @@ def _quantize_ort(src: Path, dst: Path, calibration: list[np.ndarray]) -> None:
     except ImportError as exc:
         raise UserError(f"INT8 needs onnxruntime's quantization tools: {exc}") from exc
     name, _ = input_shape(src)
+    # see the module docstring: uint8 for ONNX Runtime's fused CPU kernels, int8 with zero
+    # point 0 for TensorRT
+    tensorrt = runtime == "tensorrt"
+    activation = QuantType.QInt8 if tensorrt else QuantType.QUInt8
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -184,10 +201,10 @@ def _quantize_ort(src: Path, dst: Path, calibration: list[np.ndarray]) -> None:
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QInt8,
+            activation_type=activation,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True},
         )
 
 
@@ -245,13 +262,14 @@ def quantize_checked(
     calib_batches: int = 8,
     batch: int = 32,
     quantizer: str = "auto",
+    runtime: str = "onnxruntime",
 ) -> QuantizeResult:
     """Calibrate on ``train`` (samples or (x, label) pairs), quantize, then compare with the
     fp32 model on ``test`` (pairs: accuracies too) or, without it, on the calibration inputs.
     The INT8 file is removed again when the check fails."""
     _, shape = input_shape(fp32_path)
     calib = calibration_arrays(train, shape, batch, calib_batches)
-    used = quantize(fp32_path, out_path, calib, quantizer)
+    used = quantize(fp32_path, out_path, calib, quantizer, runtime)
     xs, labels = calib, None
     if test is not None:
         pairs = [(np.asarray(x, dtype=np.float32), int(y)) for x, y in test]

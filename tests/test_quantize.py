@@ -11,6 +11,7 @@ from qmixprune.export import export_onnx
 from qmixprune.models import create
 from qmixprune.quantize import (
     MIN_AGREEMENT,
+    RUNTIMES,
     calibration_arrays,
     compare,
     input_shape,
@@ -53,6 +54,35 @@ def test_int8_model_has_per_channel_qdq_and_matches_fp32(fp32, tmp_path):
     assert scales and list(scales[0].dims) == [16]  # alexnet width 0.25: 16 filters
     assert input_shape(res.path)[1][0] == "batch"  # still a free batch axis
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.int8.onnx"]  # no temp files
+
+
+def test_activations_are_quantized_for_the_runtime(fp32, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    calib = calibration_arrays(samples(16), ["batch", 3, 32, 32], 8)
+    zero_points, fused = {}, {}
+    for runtime in RUNTIMES:
+        out = tmp_path / f"{runtime}.onnx"
+        assert quantize(fp32, out, calib, "onnxruntime", runtime) == "onnxruntime"
+        proto = onnx.load(str(out))
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+        zero_points[runtime] = [
+            inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"
+        ]
+        opts = ort.SessionOptions()  # the graph ONNX Runtime runs, after its fusions
+        opts.optimized_model_filepath = str(tmp_path / f"{runtime}.optimized.onnx")
+        ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+        fused[runtime] = ops.count("QuantizeLinear") + ops.count("DequantizeLinear")
+    # ONNX Runtime: uint8 activations, every Q/DQ pair inside the net fused into integer
+    # kernels; only the input's Q and the output's DQ remain
+    assert all(z.dtype == np.uint8 for z in zero_points["onnxruntime"])
+    assert fused["onnxruntime"] == 2
+    # TensorRT's explicit quantization: int8 activations with zero point 0
+    assert all(z.dtype == np.int8 and not z.any() for z in zero_points["tensorrt"])
+    with pytest.raises(UserError, match="runtime must be one of"):
+        quantize(fp32, tmp_path / "x.onnx", calib, "onnxruntime", "openvino")
 
 
 def test_calibration_must_match_the_model_input():

@@ -279,3 +279,25 @@ def test_runtime_timing_loop_checks_shapes_and_reports_the_batch_run(tmp_path, m
     assert row["batch"] == 4 and row["throughput"] > 0 and row["tool"] == "tensorrt"
     with pytest.raises(UserError, match="batch 64 is outside the engine's profile \\(1..32\\)"):
         trt_engine.time_engine(engine, batch=64, runs=3)
+
+
+def test_export_tensorrt_int8_quantizes_for_tensorrt(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    import onnx
+
+    monkeypatch.setattr(trt_engine, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    built = []
+
+    def build(onnx_path, engine_path, precision, profile):
+        built.append((Path(onnx_path), precision))
+        return engine_path
+
+    monkeypatch.setattr(trt_engine, "build_engine", build)
+    out = tmp_path / "m.int8.onnx"
+    argv = ["export", "alexnet", "--width", "0.25", "-o", str(out), "--tensorrt", "int8"]
+    assert main([*argv, "--calib-batches", "1", "--quantizer", "onnxruntime"]) == 0
+    assert built == [(out, "int8")]
+    proto = onnx.load(str(out))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    zero = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero and all(z.dtype == np.int8 and not z.any() for z in zero)  # what TRT reads
