@@ -10,7 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from . import ops
 from .device import module_device, to_device
+from .errors import UserError
 from .seeding import seeded
 
 
@@ -141,13 +143,19 @@ def targeted_dropout(model: nn.Module, p: float, fraction: float, gen: torch.Gen
     """Forward hooks (returned; remove them after training) that, in training mode, zero
     each of the ``fraction`` lowest-L1 filters' BN outputs per sample with probability
     ``p``. The draws come from ``gen`` on the CPU, as in ``augment``."""
+    if not (0.0 <= p <= 1.0 and 0.0 < fraction <= 1.0):
+        raise UserError(
+            f"targeted dropout needs 0 <= targeted_dropout <= 1 and 0 < targeted_fraction <= 1, "
+            f"got {p} and {fraction}"
+        )
 
     def hook_for(conv: nn.Conv2d):
         def hook(bn, inputs, out):
             k = int(fraction * out.shape[1])
             if not bn.training or k == 0:
                 return out
-            low = conv.weight.detach().abs().flatten(1).sum(1).argsort()[:k]
+            # the ranking L1 pruning uses (ops.filter_norms), so these are the filters it cuts
+            low = ops.filter_norms([conv.weight.detach()])[0].argsort()[:k]
             mask = torch.ones(out.shape[:2], device=out.device, dtype=out.dtype)
             mask[:, low] = (torch.rand(out.shape[0], k, generator=gen) >= p).to(out)
             return out * mask[:, :, None, None]

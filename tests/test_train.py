@@ -1,7 +1,9 @@
+import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
+from qmixprune.errors import UserError
 from qmixprune.train import TrainConfig, conv_bn_pairs, targeted_dropout, train
 
 
@@ -32,6 +34,9 @@ def test_targeted_dropout_drops_only_the_lowest_l1_channels_and_only_in_training
     assert (bn(conv(x)).abs().sum((2, 3)) > 0).all()  # never at inference
     for h in hooks:
         h.remove()
+    for p, fraction in ((1.5, 0.5), (-0.1, 0.5), (0.5, 0.0)):
+        with pytest.raises(UserError, match="targeted dropout needs"):
+            targeted_dropout(net, p=p, fraction=fraction, gen=torch.Generator())
 
 
 def test_training_with_targeted_dropout_removes_its_hooks_and_recalibrates_bn():
