@@ -572,12 +572,15 @@ def _describe_input(data) -> str:
     return describe(data.input_shape, data.mean, data.std, data.norm_source)
 
 
-def _check_teacher(model, data) -> None:
-    """A model at chance level on the user's data is refused before any long work."""
+def _check_teacher(model, data) -> float:
+    """The model's test accuracy; a model at chance level on the user's data is refused
+    before any long work."""
     from .pipeline import check_teacher
     from .train import evaluate
 
-    check_teacher(evaluate(model, data.test), data.num_classes, len(data.test))
+    acc = evaluate(model, data.test)
+    check_teacher(acc, data.num_classes, len(data.test))
+    return acc
 
 
 def _compress(args) -> int:
@@ -600,8 +603,7 @@ def _compress(args) -> int:
     model.to(device)
     data = _load_data(args, cfg.seed)
     _check_run(model, data, table, cfg.distill.batch_size if cfg.distill.epochs else None)
-    if not cfg.allow_untrained:
-        _check_teacher(model, data)
+    acc = None if cfg.allow_untrained else _check_teacher(model, data)
     with _owned_out(args) as out:
         compress(
             model,
@@ -611,6 +613,7 @@ def _compress(args) -> int:
             resume=args.resume,
             quiet=args.quiet,
             latency_table=table,
+            teacher_score=acc,
         )
     if not args.quiet:
         print(_wrote(out))

@@ -162,6 +162,7 @@ def compress(
     evaluate: Callable[[nn.Module], float] | None = None,
     train_step: Callable[[nn.Module, nn.Module, object], torch.Tensor] | None = None,
     calib: Iterable | None = None,
+    teacher_score: float | None = None,
 ) -> Result:
     """Search a per-group plan with QMIX, prune, distil from the original, evaluate, and
     (with ``out``) save, export to ONNX, benchmark and report.
@@ -172,7 +173,8 @@ def compress(
     teacher, batch) -> loss`` drives fine-tuning on ``data.train``'s batches; ``calib``
     (model inputs, or batches whose first element is the input) recalibrates BatchNorm.
     ``data`` may be None when ``evaluate`` and ``calib`` are given and
-    ``config.distill.epochs`` is 0."""
+    ``config.distill.epochs`` is 0. ``teacher_score``: the model's test accuracy (or
+    ``evaluate`` score) when the caller has just measured it, so it is not measured twice."""
     cfg = config or CompressConfig()
     if target_flops is not None:
         cfg = replace(cfg, target_flops=target_flops)
@@ -210,7 +212,8 @@ def compress(
     x = torch.zeros(1, *shape, device=device)
     inputs = _input_info(data) if data is not None else {"shape": list(x.shape[1:])}
     log(f"input: {describe_input(inputs)}")
-    (macs0, params0), acc0 = count(teacher, x), score(teacher)
+    macs0, params0 = count(teacher, x)
+    acc0 = score(teacher) if teacher_score is None else float(teacher_score)
     log(f"original: {macs0:,} MACs, {params0:,} params, {metric.replace('_', ' ')} {acc0:.4f}")
     untrained = evaluate is None and at_chance(acc0, data.num_classes, len(data.test))
     if untrained and not cfg.allow_untrained:

@@ -199,9 +199,10 @@ def test_plots_carry_titles(tmp_path, monkeypatch):
     assert len(titles) == 3 and all(titles)
 
 
-def test_compress_removes_checkpoints_after_success_unless_kept(tmp_path):
+def test_compress_removes_checkpoints_after_success_unless_kept(tmp_path, monkeypatch):
     from dataclasses import replace
 
+    from qmixprune import pipeline
     from qmixprune.distill import DistillConfig
     from qmixprune.pipeline import CompressConfig, compress
     from qmixprune.search import EnvConfig, SearchConfig
@@ -215,10 +216,24 @@ def test_compress_removes_checkpoints_after_success_unless_kept(tmp_path):
     torch.manual_seed(0)
     model = create("vgg16", width=0.125)
     data = load_data("digits")
+    scored = []
+    real = pipeline.accuracy
+    monkeypatch.setattr(pipeline, "accuracy", lambda m, d: scored.append(m) or real(m, d))
     for keep in (False, True):
         out = tmp_path / str(keep)
         out.mkdir()
-        res = compress(model, data, config=replace(cfg, keep_checkpoints=keep), out=out, quiet=True)
+        known = 0.125 if keep else None  # measured by the caller (the CLI's teacher check)
+        res = compress(
+            model,
+            data,
+            config=replace(cfg, keep_checkpoints=keep),
+            out=out,
+            quiet=True,
+            teacher_score=known,
+        )
+        # the teacher is scored once: by compress, or by the caller who says so
+        assert sum(m is model for m in scored) == 1
+        assert keep is False or res.original["test_acc"] == 0.125
         names = {p.name for p in out.iterdir()}
         assert ("search_checkpoint.pt" in names) == keep
         assert ("distill_checkpoint.pt" in names) == keep
