@@ -4,7 +4,8 @@ MACs: time per op type, and the whole-run speed-up next to the ideal (1 / MACs k
 --int8, the original model in fp32 and INT8 instead: activations quantized for ONNX Runtime
 (uint8) and for TensorRT (symmetric int8), both run here by ONNX Runtime's CPU kernels.
 
-    python benchmarks/ort_ops.py [--model resnet56] [--target 0.4] [--batch 32] [--int8] [--json F]
+    python benchmarks/ort_ops.py [--model resnet56] [--target 0.4] [--batch 32]
+                                 [--input-size 32] [--int8] [--json F]
 
 Untrained weights: operator times do not depend on the values.
 """
@@ -28,7 +29,7 @@ from qmixprune.pruning import apply_plan, plan_for_counts
 from qmixprune.quantize import RUNTIMES, quantize
 
 
-def op_times(path: Path, batch: int, runs: int, threads: int) -> tuple[dict, float]:
+def op_times(path: Path, batch: int, runs: int, threads: int, size: int = 32) -> tuple[dict, float]:
     """Microseconds per run by operator type (kernel time), and the mean whole-run time."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -36,7 +37,7 @@ def op_times(path: Path, batch: int, runs: int, threads: int) -> tuple[dict, flo
     opts.enable_profiling = True
     opts.profile_file_prefix = str(path.with_suffix(""))
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     for _ in range(runs):
         sess.run(None, {"input": x})
     events = json.loads(Path(sess.end_profiling()).read_text())
@@ -56,6 +57,7 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.4)
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--input-size", type=int, default=32, help="pixels (224: ImageNet models)")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -66,14 +68,15 @@ def main() -> None:
     p.add_argument("--json")
     args = p.parse_args()
     torch.manual_seed(0)
-    x = torch.zeros(1, 3, 32, 32)
+    x = torch.zeros(1, 3, args.input_size, args.input_size)
     model = create(args.model, num_classes=10).eval()
     with tempfile.TemporaryDirectory() as d:
         a = export_onnx(model, Path(d) / "original.onnx", x).path
         if args.int8:
             variants, macs = {"fp32": a}, 1.0
             rng = np.random.default_rng(0)  # timing only: ranges from random inputs will do
-            calib = [rng.standard_normal((32, 3, 32, 32)).astype(np.float32) for _ in range(4)]
+            shape = (32, *x.shape[1:])
+            calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(4)]
             for runtime in RUNTIMES:
                 path = Path(d) / f"int8-{runtime}.onnx"
                 quantize(a, path, calib, "onnxruntime", runtime)
@@ -87,12 +90,16 @@ def main() -> None:
             macs = count(pruned, x)[0] / count(model, x)[0]
             variants = {"original": a, "pruned": export_onnx(pruned, Path(d) / "p.onnx", x).path}
         times = {
-            k: op_times(Path(f), args.batch, args.runs, args.threads) for k, f in variants.items()
+            k: op_times(Path(f), args.batch, args.runs, args.threads, args.input_size)
+            for k, f in variants.items()
         }
     labels = list(times)
     base_ops, base_run = times[labels[0]]
-    what = f"at {macs:.3f} of the MACs (multiples of {args.round_to})" if not args.int8 else ""
-    print(f"{args.model} {what}, batch {args.batch}, {args.threads} threads; whole run:")
+    what = f", {macs:.3f} of the MACs (multiples of {args.round_to})" if not args.int8 else ""
+    print(
+        f"{args.model} at {args.input_size} px{what}, batch {args.batch}, {args.threads} "
+        "threads; whole run:"
+    )
     for k, (ops, run) in times.items():
         ideal = f" (ideal {1 / macs:.2f}x)" if k == "pruned" else ""
         print(
