@@ -11,7 +11,8 @@ Methods (every search gets ``--budget`` distinct evaluated plans, no early stopp
   qmix-no-screen QMIX without screening (screen 1: every episode's plan is evaluated)
   qmix-no-elite  QMIX with elite_explore 0 (pure epsilon-greedy exploration)
   elite-only     epsilon held at 1, no screening: random moves + elite perturbation, no
-                 learned policy at all (QMIX's own exploration heuristic alone)
+                 learned policy at all (QMIX's own exploration heuristic alone; the
+                 learner is not trained, since nothing would use it)
   evolutionary   (mu + lambda) evolution, mutating with QMIX's elite move
   random         random keep fractions through the same budget wall
   single_agent   AMC-style single DQN, exploring with QMIX's elite move
@@ -83,11 +84,16 @@ def test_accuracy(env, data, counts) -> tuple[float, torch.nn.Module]:
     return evaluate(pruned, data.test), pruned
 
 
+_LOADED: dict = {}  # per worker process: the teacher and data, loaded by its first task
+
+
 def run_task(task: dict) -> dict:
     """One method at one target and seed (a worker process when ``--jobs`` > 1)."""
     if task["threads"]:
         torch.set_num_threads(task["threads"])
-    teacher, data = digits_teacher(0, log=lambda *a: None)
+    if not _LOADED:  # read-only from here on: every plan is a pruned copy
+        _LOADED["teacher"] = digits_teacher(0, log=lambda *a: None)
+    teacher, data = _LOADED["teacher"]
     env_cfg = EnvConfig(target_flops=task["target"], round_to=task["round_to"])
     env = build_env(teacher, data, env_cfg, seed=task["seed"])
     t0 = time.perf_counter()

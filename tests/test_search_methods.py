@@ -79,6 +79,25 @@ def test_screened_search_spends_its_budget_and_is_reproducible(parts):
     assert [e["reward"] for e in a.log] == [e["reward"] for e in b.log]
 
 
+def test_elite_only_never_trains_the_values_it_never_uses():
+    assert QmixConfig().learns() and QmixConfig(epsilon_end=1.0).learns()  # screening
+    elite_only = QmixConfig(epsilon_start=1.0, epsilon_end=1.0, screen=1)
+    assert not elite_only.learns() and QmixConfig(screen=1).learns()
+
+
+@pytest.mark.parametrize("learns", [False, True])
+def test_learner_updates_only_when_its_values_are_used(parts, learns):
+    q = dict(warmup=2, batch_size=4, screen=1)
+    if not learns:  # the elite-only ablation
+        q.update(epsilon_start=1.0, epsilon_end=1.0)
+    env = _env(parts)
+    res = search(env, SearchConfig(episodes=6, seed=0, qmix=QmixConfig(**q)))
+    losses = [e["loss"] for e in res.log]
+    assert (res.evaluations > 0) and all(
+        (x is not None) == (learns and i >= 2) for i, x in enumerate(losses)
+    )
+
+
 def test_keep_after_matches_the_episode_dynamics(parts):
     env = _env(parts)
     gen = torch.Generator().manual_seed(0)

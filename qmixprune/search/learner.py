@@ -41,6 +41,11 @@ class QmixConfig:
     screen: int = 16  # candidate episodes per evaluation (1 = off: every episode is scored)
     screen_epsilon: float = 1.0  # epsilon of the candidates after the first (at least)
 
+    def learns(self) -> bool:
+        """Whether the learned values ever choose an action or a plan. Not with epsilon 1
+        throughout and no screening (the elite-only ablation): training would be wasted."""
+        return self.screen > 1 or min(self.epsilon_start, self.epsilon_end) < 1.0
+
     def epsilon(self, episode: int) -> float:
         if episode < self.warmup:
             return 1.0

@@ -186,7 +186,7 @@ def _learn_and_log(
         run.best = (reward, counts, episode["actions"].tolist())
         run.best_evaluation = env.evaluations
     loss = None
-    if run.episode >= q.warmup and len(run.buffer) >= 2:
+    if run.episode >= q.warmup and len(run.buffer) >= 2 and q.learns():
         rewards = run.buffer.rewards()[:, -1]
         mean, std = float(rewards.mean()), float(rewards.std()) if len(rewards) > 1 else 1.0
         losses = [
