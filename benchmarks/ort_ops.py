@@ -28,6 +28,24 @@ from qmixprune.models import create
 from qmixprune.pruning import apply_plan, plan_for_counts
 from qmixprune.quantize import RUNTIMES, quantize
 
+WEIGHT_INPUT = {"Conv": 1, "QLinearConv": 3}  # which input of the node is the weight
+
+
+def kind(args: dict) -> str:
+    """The op type; convolutions split by kernel (depthwise, 1x1, kxk) from the weight's
+    shape, which the profiler records with every node."""
+    op = args["op_name"]
+    shapes = args.get("input_type_shape", [])
+    i = WEIGHT_INPUT.get(op)
+    if i is None or len(shapes) <= i:
+        return op
+    w = next(iter(shapes[i].values()))
+    if len(w) != 4:
+        return op
+    if w[1] == 1 and w[2] * w[3] > 1:
+        return f"{op} depthwise {w[2]}x{w[3]}"
+    return f"{op} {w[2]}x{w[3]}"
+
 
 def op_times(path: Path, batch: int, runs: int, threads: int, size: int = 32) -> tuple[dict, float]:
     """Microseconds per run by operator type (kernel time), and the mean whole-run time."""
@@ -45,7 +63,7 @@ def op_times(path: Path, batch: int, runs: int, threads: int, size: int = 32) ->
     total = []
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]] += e["dur"] / runs
+            per_op[kind(e["args"])] += e["dur"] / runs
         elif e.get("cat") == "Session" and e["name"] == "model_run":
             total.append(e["dur"])
     return dict(per_op), float(np.mean(total[runs // 5 :]))  # the first fifth as warm-up
