@@ -112,7 +112,7 @@ def main() -> None:
             for k, f in variants.items()
         }
     labels = list(times)
-    base_ops, base_run = times[labels[0]]
+    base_run = times[labels[0]][1]
     what = f", {macs:.3f} of the MACs (multiples of {args.round_to})" if not args.int8 else ""
     print(
         f"{args.model} at {args.input_size} px{what}, batch {args.batch}, {args.threads} "

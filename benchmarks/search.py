@@ -28,6 +28,7 @@ Writes the JSON after every finished run, so an interrupted benchmark keeps what
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import statistics
@@ -97,16 +98,18 @@ def test_accuracy(env, data, counts) -> tuple[float, torch.nn.Module]:
     return evaluate(pruned, data.test), pruned
 
 
-_LOADED: dict = {}  # per worker process: the teacher and data, loaded by its first task
+@functools.cache
+def _teacher():
+    """The teacher and data, loaded once per worker process (read-only from then on: every
+    plan is a pruned copy)."""
+    return digits_teacher(0, log=lambda *a: None)
 
 
 def run_task(task: dict) -> dict:
     """One method at one target and seed (a worker process when ``--jobs`` > 1)."""
     if task["threads"]:
         torch.set_num_threads(task["threads"])
-    if not _LOADED:  # read-only from here on: every plan is a pruned copy
-        _LOADED["teacher"] = digits_teacher(0, log=lambda *a: None)
-    teacher, data = _LOADED["teacher"]
+    teacher, data = _teacher()
     env_cfg = EnvConfig(target_flops=task["target"], round_to=task["round_to"])
     env = build_env(teacher, data, env_cfg, seed=task["seed"])
     t0 = time.perf_counter()

@@ -316,15 +316,13 @@ class _TrainModeView(torch.nn.Module):
 def test_channels_last_scoring_matches_the_default_layout_and_falls_back():
     from nets import Mixed
 
-    from qmixprune.search.evaluator import runs_channels_last
+    from qmixprune.search.evaluator import runs_channels_last, val_score
 
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 3, 8, 8, generator=gen), torch.zeros(8)) for _ in range(2)]
     x = batches[0][0]
     net = _conv_bn_net()
     y = net(x).argmax(1)
-    from qmixprune.search.evaluator import val_score
-
     score = val_score([(x, y)], reward="loss")  # a smooth reward: layouts must agree closely
     cfg = EnvConfig(target_flops=0.5, round_to=1, calib_batches=2)
     envs = {
