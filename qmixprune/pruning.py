@@ -202,17 +202,20 @@ def plan_cuts(model: nn.Module, graph: Graph, plan: Plan):
 def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     """A pruned deep copy of ``model``; the original is untouched. Every tensor of the plan
     is cut in one ``ops.gather_channels`` call (native kernels where built)."""
-    new = copy.deepcopy(model)
-    modules = dict(new.named_modules())
-    keys, tensors, rows, cols, sizes = plan_cuts(new, graph, plan)
+    keys, tensors, rows, cols, sizes = plan_cuts(model, graph, plan)
     # the native op cannot dispatch on an empty list (a plan that keeps everything)
     cut = ops.gather_channels(tensors, rows, cols) if keys else []
-    for (m, n), data in zip(keys, cut):
-        old = getattr(modules[m], n)
+    originals = [getattr(m, n) for m, n in _owners(model, keys)]
+    # the tensors about to be replaced by their cut are not copied (most of the weights:
+    # a search prunes hundreds of plans); the copy holds the originals until replaced
+    new = copy.deepcopy(model, {id(t): t for t in originals})
+    for (m, n), old, data in zip(_owners(new, keys), originals, cut):
         if isinstance(old, nn.Parameter):
-            setattr(modules[m], n, nn.Parameter(data, requires_grad=old.requires_grad))
+            setattr(m, n, nn.Parameter(data, requires_grad=old.requires_grad))
         else:
-            setattr(modules[m], n, data)
+            setattr(m, n, data)
+    _unshare(new, originals)
+    modules = dict(new.named_modules())
     for m, attrs in sizes.items():
         for attr, n in attrs.items():
             setattr(modules[m], attr, (n,) if attr == "normalized_shape" else n)
@@ -221,6 +224,22 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     if graph.parts:
         setattr(new, PARTS_ATTR, list(graph.parts))
     return new
+
+
+def _owners(model: nn.Module, keys: list[tuple[str, str]]) -> list[tuple[nn.Module, str]]:
+    modules = dict(model.named_modules())
+    return [(modules[m], n) for m, n in keys]
+
+
+def _unshare(new: nn.Module, originals: list[torch.Tensor]) -> None:
+    """Copy what ``new`` still shares with the original model: a tensor tied to one that
+    was cut (weight tying) is not cut at its other places, and must not stay the original."""
+    ids, memo = {id(t) for t in originals}, {}  # one memo: ties among the copies are kept
+    for m in new.modules():
+        for store in (m._parameters, m._buffers, vars(m)):
+            for n, t in store.items():
+                if isinstance(t, torch.Tensor) and id(t) in ids:
+                    store[n] = copy.deepcopy(t, memo)
 
 
 def carried_plan(model: nn.Module) -> dict[str, dict]:

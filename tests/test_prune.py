@@ -62,6 +62,18 @@ def test_input_model_untouched_and_result_smaller():
     assert p.features[1].running_mean.shape == (8,)
 
 
+def test_pruned_copy_shares_no_tensor_with_the_original():
+    m = create("vgg16", width=0.25)
+    m.tied = nn.Module()  # a second home of a tensor that is cut at its first one
+    m.tied.register_buffer("mean", m.features[1].running_mean)
+    originals = {t.data_ptr() for t in [*m.parameters(), *m.buffers()]}
+    p = prune(m, torch.zeros(1, 3, 32, 32), 0.5)
+    copies = [t for _, t in p.named_parameters(remove_duplicate=False)]
+    copies += [t for _, t in p.named_buffers(remove_duplicate=False)]
+    assert not [t for t in copies if t.data_ptr() in originals]
+    assert p.features[1].running_mean.shape == (8,) and p.tied.mean.shape == (16,)
+
+
 def test_keeps_highest_l1_filters():
     m = Concat().eval()
     with torch.no_grad():
