@@ -69,6 +69,18 @@ def init_params(module: nn.Module, gen: torch.Generator) -> nn.Module:
     return module
 
 
+def _unroll(agent: RNNAgent, inputs: torch.Tensor) -> torch.Tensor:
+    """Agent Qs ``[B, T, N, A]`` for agent inputs ``[B, T, N, D]``."""
+    b, t, n, _ = inputs.shape
+    steps = inputs.transpose(0, 1).reshape(t, b * n, -1)  # one copy, not one per step
+    h = agent.init_hidden(b * n)
+    qs = []
+    for x in steps:
+        q, h = agent(x, h)
+        qs.append(q.view(b, n, -1))
+    return torch.stack(qs, 1)
+
+
 class QLearner:
     def __init__(
         self,
@@ -99,14 +111,7 @@ class QLearner:
 
     def unroll(self, agent: RNNAgent, obs: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """Agent Qs for every step of a batch of episodes: ``[B, T, N, A]``."""
-        b, t, n, _ = obs.shape
-        inputs = agent_inputs(obs, last, self.n_actions)
-        h = agent.init_hidden(b * n)
-        qs = []
-        for i in range(t):
-            q, h = agent(inputs[:, i].reshape(b * n, -1), h)
-            qs.append(q.view(b, n, -1))
-        return torch.stack(qs, 1)
+        return _unroll(agent, agent_inputs(obs, last, self.n_actions))
 
     def train(self, batch: dict[str, torch.Tensor], reward_mean: float, reward_std: float) -> float:
         cfg = self.cfg
@@ -116,10 +121,11 @@ class QLearner:
             # scale every reward; centre the episode's return (paid at its last step)
             reward = reward / max(reward_std, 1e-6)
             reward[:, -1] -= reward_mean / max(reward_std, 1e-6)
-        qs = self.unroll(self.agent, obs, batch["last_actions"])  # [B, T+1, N, A]
+        inputs = agent_inputs(obs, batch["last_actions"], self.n_actions)
+        qs = _unroll(self.agent, inputs)  # [B, T+1, N, A]
         chosen = qs[:, :-1].gather(3, actions.unsqueeze(3)).squeeze(3)
         with torch.no_grad():
-            target_qs = self.unroll(self.target_agent, obs, batch["last_actions"])[:, 1:]
+            target_qs = _unroll(self.target_agent, inputs)[:, 1:]
             if cfg.double_q:
                 best = qs[:, 1:].detach().argmax(3, keepdim=True)
                 next_q = target_qs.gather(3, best).squeeze(3)
