@@ -192,7 +192,7 @@ def gather_ref(t: torch.Tensor, r: torch.Tensor | None, c: torch.Tensor | None) 
         out = out.index_select(0, r)
     if c is not None:
         out = out.index_select(1, c)
-    return out.contiguous() if out is not t else out.clone()
+    return out.clone() if r is None and c is None else out.contiguous()  # never a view
 
 
 def _rows(w: torch.Tensor) -> torch.Tensor:

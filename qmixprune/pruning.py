@@ -207,14 +207,16 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     cut = ops.gather_channels(tensors, rows, cols) if keys else []
     originals = [getattr(m, n) for m, n in _owners(model, keys)]
     # the tensors about to be replaced by their cut are not copied (most of the weights:
-    # a search prunes hundreds of plans); the copy holds the originals until replaced
-    new = copy.deepcopy(model, {id(t): t for t in originals})
+    # a search prunes hundreds of plans): the copy holds the originals until replaced
+    memo = _SkipMemo([_own(m, n) for m, n in _owners(model, keys)])
+    new = copy.deepcopy(model, memo)
+    if not memo.each_reached_once():  # the copy would share an original: copy everything
+        new = copy.deepcopy(model)
     for (m, n), old, data in zip(_owners(new, keys), originals, cut):
         if isinstance(old, nn.Parameter):
             setattr(m, n, nn.Parameter(data, requires_grad=old.requires_grad))
         else:
             setattr(m, n, data)
-    _unshare(new, originals)
     modules = dict(new.named_modules())
     for m, attrs in sizes.items():
         for attr, n in attrs.items():
@@ -231,15 +233,29 @@ def _owners(model: nn.Module, keys: list[tuple[str, str]]) -> list[tuple[nn.Modu
     return [(modules[m], n) for m, n in keys]
 
 
-def _unshare(new: nn.Module, originals: list[torch.Tensor]) -> None:
-    """Copy what ``new`` still shares with the original model: a tensor tied to one that
-    was cut (weight tying) is not cut at its other places, and must not stay the original."""
-    ids, memo = {id(t) for t in originals}, {}  # one memo: ties among the copies are kept
-    for m in new.modules():
-        for store in (m._parameters, m._buffers, vars(m)):
-            for n, t in store.items():
-                if isinstance(t, torch.Tensor) and id(t) in ids:
-                    store[n] = copy.deepcopy(t, memo)
+def _own(m: nn.Module, name: str) -> torch.Tensor | None:
+    """The module's own parameter or buffer ``name`` (None: a computed attribute, e.g. a
+    parametrization's output)."""
+    return m._parameters.get(name, m._buffers.get(name))
+
+
+class _SkipMemo(dict):
+    """A deepcopy memo under which ``tensors`` are not copied, counting how often the copy
+    reaches each: more than once (tied to another module, also held in a list) and the copy
+    would share that original, so the caller copies everything instead."""
+
+    def __init__(self, tensors: list[torch.Tensor | None]) -> None:
+        super().__init__({id(t): t for t in tensors if t is not None})
+        self.reached = dict.fromkeys(self, 0)
+
+    def get(self, key, default=None):
+        if key in self.reached:
+            self.reached[key] += 1
+        return super().get(key, default)
+
+    def each_reached_once(self) -> bool:
+        # 0 reaches (a deepcopy that bypasses ``get``) fails safe too
+        return all(n == 1 for n in self.reached.values())
 
 
 def carried_plan(model: nn.Module) -> dict[str, dict]:

@@ -72,6 +72,7 @@ def test_gather_channels_exact(dtype):
         torch.randn(5, 7, generator=g).t(),
         torch.randn(4, 2, generator=g),
         torch.randn(3, 1),
+        torch.randn(2, 3, generator=g),
     ]
     ts = [(t * 10).to(dtype) for t in ts]
     rows = [
@@ -80,12 +81,17 @@ def test_gather_channels_exact(dtype):
         None,
         torch.tensor([], dtype=torch.long),
         torch.tensor([0]),
+        None,
     ]
-    cols = [torch.tensor([5, 0]), None, torch.tensor([4, 1]), None, torch.tensor([0])]
+    cols = [torch.tensor([5, 0]), None, torch.tensor([4, 1]), None, torch.tensor([0]), None]
     for a, b in zip(
         ops.gather_channels(ts, rows, cols, True), ops.gather_channels(ts, rows, cols, False)
     ):
         assert a.dtype == b.dtype and torch.equal(a, b)
+    inputs = {t.untyped_storage().data_ptr() for t in ts}
+    for flag in (True, False):  # new tensors, never views (a pruned copy owns its weights)
+        outs = ops.gather_channels(ts, rows, cols, flag)
+        assert not [o for o in outs if o.numel() and o.untyped_storage().data_ptr() in inputs]
 
 
 def test_channel_stats_accumulate():

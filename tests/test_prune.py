@@ -62,16 +62,44 @@ def test_input_model_untouched_and_result_smaller():
     assert p.features[1].running_mean.shape == (8,)
 
 
-def test_pruned_copy_shares_no_tensor_with_the_original():
+class _Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+    def right_inverse(self, x):  # hands the stored tensor itself back to its module
+        return x
+
+
+def _second_home(kind: str) -> nn.Module:
+    """VGG whose first BN mean (a tensor that is cut) is also reached another way."""
     m = create("vgg16", width=0.25)
-    m.tied = nn.Module()  # a second home of a tensor that is cut at its first one
-    m.tied.register_buffer("mean", m.features[1].running_mean)
+    if kind == "tied":
+        m.tied = nn.Module()
+        m.tied.register_buffer("mean", m.features[1].running_mean)
+    elif kind == "list":
+        m.held = [m.features[1].running_mean, m.features[0].weight]
+    elif kind == "parametrized":
+        torch.nn.utils.parametrize.register_parametrization(
+            m.features[1], "running_mean", _Identity()
+        )
+    return m
+
+
+@pytest.mark.parametrize("kind", ["plain", "tied", "list", "parametrized"])
+def test_pruned_copy_shares_nothing_with_the_original(kind):
+    m = _second_home(kind)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
     originals = {t.data_ptr() for t in [*m.parameters(), *m.buffers()]}
     p = prune(m, torch.zeros(1, 3, 32, 32), 0.5)
     copies = [t for _, t in p.named_parameters(remove_duplicate=False)]
     copies += [t for _, t in p.named_buffers(remove_duplicate=False)]
+    copies += getattr(p, "held", [])
     assert not [t for t in copies if t.data_ptr() in originals]
-    assert p.features[1].running_mean.shape == (8,) and p.tied.mean.shape == (16,)
+    assert m.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert p.features[1].running_mean.shape == (8,) and p.features[0].weight.shape[0] == 8
+    if kind == "tied":
+        assert p.tied.mean.shape == (16,)  # cut where the plan says, copied elsewhere
 
 
 def test_keeps_highest_l1_filters():
