@@ -205,19 +205,20 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     keys, tensors, rows, cols, sizes = plan_cuts(model, graph, plan)
     # the native op cannot dispatch on an empty list (a plan that keeps everything)
     cut = ops.gather_channels(tensors, rows, cols) if keys else []
-    originals = [getattr(m, n) for m, n in _owners(model, keys)]
+    source = dict(model.named_modules())
+    originals = [getattr(source[m], n) for m, n in keys]
     # the tensors about to be replaced by their cut are not copied (most of the weights:
     # a search prunes hundreds of plans): the copy holds the originals until replaced
-    memo = _SkipMemo([_own(m, n) for m, n in _owners(model, keys)])
+    memo = _SkipMemo([_own(source[m], n) for m, n in keys])
     new = copy.deepcopy(model, memo)
     if not memo.each_reached_once():  # the copy would share an original: copy everything
         new = copy.deepcopy(model)
-    for (m, n), old, data in zip(_owners(new, keys), originals, cut):
-        if isinstance(old, nn.Parameter):
-            setattr(m, n, nn.Parameter(data, requires_grad=old.requires_grad))
-        else:
-            setattr(m, n, data)
     modules = dict(new.named_modules())
+    for (m, n), old, data in zip(keys, originals, cut):
+        if isinstance(old, nn.Parameter):
+            setattr(modules[m], n, nn.Parameter(data, requires_grad=old.requires_grad))
+        else:
+            setattr(modules[m], n, data)
     for m, attrs in sizes.items():
         for attr, n in attrs.items():
             setattr(modules[m], attr, (n,) if attr == "normalized_shape" else n)
@@ -226,11 +227,6 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     if graph.parts:
         setattr(new, PARTS_ATTR, list(graph.parts))
     return new
-
-
-def _owners(model: nn.Module, keys: list[tuple[str, str]]) -> list[tuple[nn.Module, str]]:
-    modules = dict(model.named_modules())
-    return [(modules[m], n) for m, n in keys]
 
 
 def _own(m: nn.Module, name: str) -> torch.Tensor | None:
