@@ -25,16 +25,17 @@ from pathlib import Path
 import torch
 
 from qmixprune import analyze, count, export_onnx, load, save
-from qmixprune.bench import bench
 from qmixprune.budget import Budget, CostModel, reachable_round_to, uniform_counts
 from qmixprune.data import load_data
 from qmixprune.demo import cache_dir
+from qmixprune.deploy.bench import bench
+from qmixprune.deploy.profile import profile
+from qmixprune.deploy.quantize import quantize_checked
 from qmixprune.errors import UserError
 from qmixprune.importance import ranks
-from qmixprune.latency import LatencyModel, profile
+from qmixprune.latency import LatencyModel
 from qmixprune.models import create
 from qmixprune.pruning import apply_plan, plan_for_counts
-from qmixprune.quantize import quantize_checked
 from qmixprune.search import EnvConfig, SearchConfig, build_env, search
 from qmixprune.train import TrainConfig, evaluate, loader, recalibrate_bn, train
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from qmixprune import analyze, apply_plan, make_plan, native, ops  # noqa: E402
 from qmixprune.device import resolve  # noqa: E402
 from qmixprune.errors import UserError  # noqa: E402
-from qmixprune.serialize import atomic_write_bytes  # noqa: E402
+from qmixprune.files import write_bytes  # noqa: E402
 
 
 class Skip(Exception):
@@ -257,7 +257,7 @@ def check_torchrun(device: torch.device, workdir: Path) -> dict:
 
 
 def _tiny_onnx(workdir: Path) -> Path:
-    from qmixprune.export import export_onnx
+    from qmixprune.deploy.export import export_onnx
     from qmixprune.models import create
 
     torch.manual_seed(0)
@@ -270,7 +270,7 @@ def check_ort_cuda(device: torch.device, workdir: Path) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from qmixprune.bench import bench, session
+    from qmixprune.deploy.bench import bench, session
 
     if device.type != "cuda":
         raise Skip("--device is the CPU")
@@ -292,19 +292,19 @@ def _ms(row: dict) -> str:
 
 
 def check_tensorrt(device: torch.device, workdir: Path) -> dict:
-    from qmixprune import trt_engine
+    from qmixprune.deploy import tensorrt
 
     if device.type != "cuda":
         raise Skip("--device is the CPU")
-    if not trt_engine.available():
+    if not tensorrt.available():
         raise Skip("tensorrt does not import")
     path = _tiny_onnx(workdir)
     t0 = time.perf_counter()
     # fp32 from the fp32 ONNX builds on every TensorRT: FP16 needs the builder flag (gone
     # in 11, strongly typed only) or a float16 export
-    engine = trt_engine.build_engine(path, workdir / "vgg.engine", "fp32")
+    engine = tensorrt.build_engine(path, workdir / "vgg.engine", "fp32")
     build_s = time.perf_counter() - t0
-    row = trt_engine.time_engine(engine, batch=1, runs=100, warmup=10)
+    row = tensorrt.time_engine(engine, batch=1, runs=100, warmup=10)
     return {"build_s": round(build_s, 1), "b1": _ms(row)}
 
 
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     failed = [r["check"] for r in rows if r["status"] == "fail"]
     doc = {"environment": env, "rows": rows, "passed": not failed}
-    atomic_write_bytes(Path(args.json), (json.dumps(doc, indent=2) + "\n").encode())
+    write_bytes(Path(args.json), (json.dumps(doc, indent=2) + "\n").encode())
     print(
         f"{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed or skipped'}; "
         f"wrote {args.json}"

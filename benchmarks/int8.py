@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from qmixprune import analyze, export_onnx, load
-from qmixprune.bench import bench, format_results
 from qmixprune.budget import Budget, CostModel, uniform_counts
 from qmixprune.data import load_data
+from qmixprune.deploy.bench import bench, format_results
+from qmixprune.deploy.quantize import quantize_checked
 from qmixprune.importance import ranks
 from qmixprune.pruning import apply_plan, plan_for_counts
-from qmixprune.quantize import quantize_checked
 from qmixprune.train import loader, recalibrate_bn
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -24,9 +24,9 @@ import torch
 
 from qmixprune import analyze, count, export_onnx
 from qmixprune.budget import Budget, CostModel, uniform_counts
+from qmixprune.deploy.quantize import RUNTIMES, quantize
 from qmixprune.models import create
 from qmixprune.pruning import apply_plan, plan_for_counts
-from qmixprune.quantize import RUNTIMES, quantize
 
 WEIGHT_INPUT = {"Conv": 1, "QLinearConv": 3}  # which input of the node is the weight
 

@@ -18,7 +18,7 @@ import torch
 from qmixprune.data import load_data
 from qmixprune.distill import DistillConfig
 from qmixprune.models import create
-from qmixprune.pipeline import CompressConfig, compress
+from qmixprune.run.compress import CompressConfig, compress
 from qmixprune.search import SearchConfig
 from qmixprune.train import TrainConfig, evaluate, train
 

@@ -20,8 +20,8 @@ import statistics
 import time
 
 from qmixprune.demo import QUICK_TEACHER_EPOCHS, digits_teacher
+from qmixprune.files import write_bytes
 from qmixprune.search import EnvConfig, SearchConfig, build_env, search
-from qmixprune.serialize import atomic_write_bytes
 from qmixprune.train import evaluate
 
 
@@ -90,7 +90,7 @@ def main() -> None:
         table(rows, patiences)  # after every seed: a cut-short run still says something
         if args.json:
             doc = {"args": vars(args), "rows": rows}
-            atomic_write_bytes(args.json, json.dumps(doc).encode())
+            write_bytes(args.json, json.dumps(doc).encode())
 
 
 def table(rows: list[dict], patiences: list[int]) -> None:

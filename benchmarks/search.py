@@ -40,9 +40,9 @@ import torch
 
 from qmixprune.demo import digits_teacher
 from qmixprune.distill import DistillConfig, distill
+from qmixprune.files import write_bytes
 from qmixprune.search import EnvConfig, QmixConfig, SearchConfig, build_env, search
 from qmixprune.search.baselines import BASELINES
-from qmixprune.serialize import atomic_write_bytes
 from qmixprune.train import evaluate
 
 
@@ -230,7 +230,7 @@ def main() -> None:
             flush=True,
         )
         if args.json:
-            atomic_write_bytes(Path(args.json), json.dumps(doc, indent=1).encode())
+            write_bytes(Path(args.json), json.dumps(doc, indent=1).encode())
     if pool:
         pool.close()
         pool.join()

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import qmixprune
 from qmixprune.data import DataSplits
 from qmixprune.distill import DistillConfig
-from qmixprune.pipeline import CompressConfig
+from qmixprune.run.compress import CompressConfig
 from qmixprune.search import EnvConfig, SearchConfig
 
 CLASSES = ("background", "square", "disc", "triangle")

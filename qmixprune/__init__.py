@@ -1,6 +1,6 @@
 """qmixprune: structured filter pruning searched by multi-agent RL (QMIX), for deployment.
 
-Heavy modules (torch) are imported lazily so that ``qmixprune.bench`` runs on an edge
+Heavy modules (torch) are imported lazily so that ``qmixprune.deploy.bench`` runs on an edge
 device that has only onnxruntime and numpy.
 """
 
@@ -24,9 +24,9 @@ _LAZY = {
     "load": "qmixprune.serialize",
     "load_model_file": "qmixprune.serialize",
     "UserError": "qmixprune.errors",
-    "compress": "qmixprune.pipeline",
-    "CompressConfig": "qmixprune.pipeline",
-    "export_onnx": "qmixprune.export",
+    "compress": "qmixprune.run.compress",
+    "CompressConfig": "qmixprune.run.compress",
+    "export_onnx": "qmixprune.deploy.export",
 }
 
 __all__ = [
@@ -49,12 +49,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .deploy.export import export_onnx
     from .errors import UserError
-    from .export import export_onnx
     from .flops import count, layer_table
     from .graph import Graph, analyze
-    from .pipeline import CompressConfig, compress
     from .pruning import Plan, apply_plan, make_plan, prune
+    from .run.compress import CompressConfig, compress
     from .serialize import load, load_model_file, save
 
 

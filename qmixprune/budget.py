@@ -57,7 +57,9 @@ class CostModel:
 
     def layer_macs(self, counts: dict[str, int]) -> list[float]:
         return [
-            layer.macs * _fraction(layer.in_segs, counts) * _fraction(layer.out_segs, counts)
+            layer.macs
+            * kept_fraction(layer.in_segs, counts)
+            * kept_fraction(layer.out_segs, counts)
             for layer in self.layers
         ]
 
@@ -78,7 +80,7 @@ class CostModel:
         return out
 
 
-def _fraction(segs: tuple, counts: dict[str, int]) -> float:
+def kept_fraction(segs: tuple, counts: dict[str, int]) -> float:
     if not segs:
         return 1.0
     full = sum(size * expand for _, size, expand in segs)

@@ -54,7 +54,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _config_default(key: str):
-    from .pipeline import CompressConfig
+    from .run.compress import CompressConfig
 
     value = CompressConfig()
     for part in key.split("."):
@@ -261,7 +261,7 @@ def parser() -> argparse.ArgumentParser:
     )
     data_args(ex)  # --int8: calibration on its training set, the check on its test set
     ex.add_argument("--calib-data", dest="data", choices=DATASETS, help=argparse.SUPPRESS)
-    from .bench import add_arguments as bench_arguments
+    from .deploy.bench import add_arguments as bench_arguments
 
     bench_arguments(sub.add_parser("bench", help="ONNX Runtime latency of ONNX models"))
     pf = sub.add_parser("profile", help="measure per-layer latency on this device")
@@ -355,10 +355,10 @@ def main(argv: list[str] | None = None) -> int:
 def _check_output_file(args) -> None:
     """A file output that cannot be written (a folder, a read-only place) is refused before
     any work; output folders are checked by outdir.check."""
-    from .outdir import check_file
+    from .files import check_writable_file
 
     if args.command in ("prune", "export", "profile"):  # bench checks its --json itself
-        check_file(args.output)
+        check_writable_file(args.output)
 
 
 def _load(args):
@@ -492,8 +492,8 @@ def search_config(args):
 
 def _search(args) -> int:
     from .device import resolve
-    from .pipeline import run_search
-    from .report import early_stop_text
+    from .run.compress import run_search
+    from .run.report import early_stop_text
 
     cfg = search_config(args)
     if args.target_latency is not None and args.target_flops is None:
@@ -523,8 +523,8 @@ def _search(args) -> int:
 def compress_config(args):
     """compress's config: defaults <- --preset <- --config file <- flags given."""
     from .config import build, merge, read_config
-    from .pipeline import CompressConfig
-    from .presets import preset
+    from .run.compress import CompressConfig
+    from .run.presets import preset
 
     flags = {
         "target_flops": args.target_flops,
@@ -575,7 +575,7 @@ def _describe_input(data) -> str:
 def _check_teacher(model, data) -> float:
     """The model's test accuracy; a model at chance level on the user's data is refused
     before any long work."""
-    from .pipeline import check_teacher
+    from .run.compress import check_teacher
     from .train import evaluate
 
     acc = evaluate(model, data.test)
@@ -585,7 +585,7 @@ def _check_teacher(model, data) -> float:
 
 def _compress(args) -> int:
     from .device import resolve
-    from .pipeline import compress
+    from .run.compress import compress
 
     cfg = compress_config(args)
     if args.target_latency is not None and args.target_flops is None:
@@ -640,8 +640,8 @@ def _check_out(args, record: str, cfg) -> None:
     that all of them stop on a bad OUT and only rank 0 says why); on --resume, the
     configuration too, before OUT's record of it is rewritten."""
     from .config import as_dict
-    from .outdir import check, check_same_config
-    from .precheck import check_checkpoints
+    from .run.outdir import check, check_same_config
+    from .run.preflight import check_checkpoints
 
     check(args.output, args.overwrite, args.resume, _inputs(args))
     if args.resume:
@@ -650,7 +650,7 @@ def _check_out(args, record: str, cfg) -> None:
 
 
 def _check_run(model, data, table, batch_size=None) -> None:
-    from .precheck import check_run as check
+    from .run.preflight import check_run as check
 
     check(model, data, table, batch_size)
 
@@ -661,7 +661,7 @@ def _owned_out(args):
     from pathlib import Path
 
     from .distributed import barrier, init, is_main
-    from .outdir import claim
+    from .run.outdir import claim
 
     init(getattr(args, "device", None))  # NCCL on a GPU device, gloo on the CPU
     owner = claim(args.output, args.overwrite, args.resume) if is_main() else None
@@ -682,9 +682,9 @@ def _latency_table(args) -> dict | None:
 
 def _profile(args) -> int:
     from .budget import CostModel
+    from .deploy.profile import engine_timer, format_table, profile, save_table
     from .device import resolve
     from .graph import analyze
-    from .latency import engine_timer, format_table, profile, save_table
 
     device = resolve(args.device)
     # TensorRT: every layer and whole model timed as its own engine (checked before loading)
@@ -717,11 +717,11 @@ def _profile(args) -> int:
 def _export(args) -> int:
     from pathlib import Path
 
-    from . import trt_engine
-    from .export import export_onnx
+    from .deploy import tensorrt
+    from .deploy.export import export_onnx
 
-    if args.tensorrt and not trt_engine.available():
-        raise UserError(trt_engine.INSTALL_HINT)
+    if args.tensorrt and not tensorrt.available():
+        raise UserError(tensorrt.INSTALL_HINT)
     int8 = args.int8 or args.tensorrt == "int8"  # TensorRT INT8 reads the Q/DQ model
     if int8 and args.fp16:
         raise UserError("--int8 and --fp16 exclude each other: pick one precision")
@@ -729,7 +729,7 @@ def _export(args) -> int:
         raise UserError("--calib-batches and --fixed-batch must be >= 1")
     if args.tensorrt and args.fixed_batch:
         raise UserError("TensorRT engines need a free batch axis: drop --fixed-batch")
-    profile = trt_engine.BatchProfile.parse(args.trt_batch) if args.tensorrt else None
+    profile = tensorrt.BatchProfile.parse(args.trt_batch) if args.tensorrt else None
     model, x = _load(args)
     if args.fixed_batch:
         x = x.repeat(args.fixed_batch, *[1] * (x.dim() - 1))
@@ -745,7 +745,7 @@ def _export(args) -> int:
     else:
         import tempfile
 
-        from .quantize import quantize_checked
+        from .deploy.quantize import quantize_checked
 
         data = _load_data(args, seed=0)
         with tempfile.TemporaryDirectory() as d:
@@ -764,7 +764,7 @@ def _export(args) -> int:
             )
         print(res.summary())
     if args.tensorrt:
-        engine = trt_engine.build_engine(
+        engine = tensorrt.build_engine(
             res.path, Path(res.path).with_suffix(".engine"), args.tensorrt, profile
         )
         print(f"wrote {engine} (TensorRT {args.tensorrt})")
@@ -772,7 +772,7 @@ def _export(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import run
+    from .deploy.bench import run
 
     return run(args)
 

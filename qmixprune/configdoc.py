@@ -85,7 +85,7 @@ def rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
 def table() -> str:
     """The markdown block (without markers) for ``compress``'s config (``search`` takes the
     ``search.`` part at the top level)."""
-    from .pipeline import CompressConfig
+    from .run.compress import CompressConfig
 
     lines = [
         "| key | type | default | meaning |",
@@ -99,7 +99,7 @@ def table() -> str:
 
 def presets_table() -> str:
     """The sizes of each ``compress --preset``, defaults filled in."""
-    from .presets import PRESETS, sizes
+    from .run.presets import PRESETS, sizes
 
     lines = [
         "| preset | episodes | max evaluations | patience | distillation epochs |",
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if new != text:
-        from .serialize import atomic_write_bytes
+        from .files import write_bytes
 
-        atomic_write_bytes(path, new.encode())
+        write_bytes(path, new.encode())
     print(f"wrote {path}")
     return 0
 

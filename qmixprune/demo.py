@@ -18,8 +18,8 @@ from .data import load_data
 from .device import resolve
 from .distill import DistillConfig
 from .errors import UserError
-from .outdir import check, claim
-from .pipeline import CompressConfig, compress
+from .run.compress import CompressConfig, compress
+from .run.outdir import check, claim
 from .search import EnvConfig, QmixConfig, SearchConfig
 from .seeding import seeded
 from .train import TrainConfig, train

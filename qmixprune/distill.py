@@ -28,8 +28,8 @@ from .data import DataSplits
 from .device import module_device, to_device
 from .distributed import rank_world
 from .errors import UserError
+from .files import write_bytes
 from .seeding import seeded
-from .serialize import atomic_write_bytes
 from .train import augment
 from .train import evaluate as accuracy
 
@@ -276,7 +276,7 @@ def _distill(
                 },
                 buf,
             )
-            atomic_write_bytes(ckpt, buf.getvalue())
+            write_bytes(ckpt, buf.getvalue())
         if on_epoch is not None:
             on_epoch(entry)
     if hooks is not None:

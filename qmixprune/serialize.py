@@ -16,7 +16,6 @@ import os
 import pickle
 import pickletools
 import sys
-import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -28,8 +27,8 @@ import torch.nn as nn
 
 from . import models
 from .errors import UserError
+from .files import write_bytes
 from .graph import Graph, analyze
-from .outdir import file_mode
 from .pruning import PARTS_ATTR, SHAPE_ATTR, Plan, apply_plan, carried_plan, plan_for_counts
 
 FORMAT = "qmixprune/1"
@@ -59,7 +58,7 @@ def save(model: nn.Module, path: str | os.PathLike, input_shape=(3, 32, 32)) -> 
         "digest": _digest(tensors),
     }
     meta["meta_digest"] = _meta_digest(meta)
-    return atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    return write_bytes(path, st_save(tensors, metadata=meta))
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
@@ -337,22 +336,6 @@ def _closest_arch(state: dict[str, torch.Tensor], classes: int) -> str:
         except Exception:
             pass
     return f"; the closest built-in architecture is --arch {best}"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(fd, file_mode())  # mkstemp's 0600, not what the user's umask gives
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _read(path: Path) -> bytes:

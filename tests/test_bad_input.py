@@ -14,12 +14,13 @@ from PIL import Image
 from test_data import write_fake_cifar
 
 import qmixprune as q
-from qmixprune import outdir
+from qmixprune import files
 from qmixprune.cli import main
 from qmixprune.config import build
 from qmixprune.errors import UserError
 from qmixprune.models import create
-from qmixprune.pipeline import CompressConfig
+from qmixprune.run import outdir
+from qmixprune.run.compress import CompressConfig
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +241,7 @@ def test_only_rank_0_speaks_under_torchrun(tmp_path, model_file, capsys, monkeyp
 
 
 def test_interrupt_says_how_to_resume(tmp_path, model_file, capsys, monkeypatch):
-    import qmixprune.pipeline as pipeline
+    import qmixprune.run.compress as pipeline
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -280,7 +281,7 @@ def test_read_only_folder_refused_before_work(tmp_path, capsys, cmd):
 def test_unwritable_paths_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda *a, **k: False)  # as a non-root user sees it
     with pytest.raises(UserError, match="permission denied"):
-        outdir.check_file(tmp_path / "f.onnx")
+        files.check_writable_file(tmp_path / "f.onnx")
     with pytest.raises(UserError, match="permission denied"):
         outdir.check(tmp_path / "out", overwrite=False, resume=False)
 
@@ -306,7 +307,7 @@ def test_stale_lock_and_temps_of_a_killed_run_are_taken_over(tmp_path):
     dead.wait()
     out = _marked(tmp_path / "out", "search_log.jsonl")
     (out / outdir.LOCK).write_text(json.dumps({"pid": dead.pid}))
-    (out / ".report.json.abc.tmp").write_bytes(b"")  # atomic_write_bytes' temp
+    (out / ".report.json.abc.tmp").write_bytes(b"")  # files.write_bytes' temp
     outdir.check(out, overwrite=False, resume=True)
     with outdir.claim(out, overwrite=False, resume=True):
         assert not (out / ".report.json.abc.tmp").exists()
@@ -323,11 +324,11 @@ def test_fresh_out_gets_marker(tmp_path):
 
 
 def test_files_take_the_umask(tmp_path):
-    from qmixprune.serialize import atomic_write_bytes
+    from qmixprune.files import write_bytes
 
     old = os.umask(0o027)
     try:
-        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        write_bytes(tmp_path / "a.json", b"{}")
         q.export_onnx(
             create("alexnet", width=0.125), tmp_path / "a.onnx", torch.zeros(1, 3, 32, 32)
         )
@@ -371,7 +372,7 @@ def test_config_types_accept_what_fits():
 
 def test_api_checks_classes_before_writing(tmp_path):
     from qmixprune.data import load_data
-    from qmixprune.pipeline import compress
+    from qmixprune.run.compress import compress
 
     with pytest.raises(UserError, match="10 classes but the model has 5 outputs"):
         compress(

@@ -9,7 +9,7 @@ from qmixprune.data import load_data
 from qmixprune.distill import DistillConfig
 from qmixprune.errors import UserError
 from qmixprune.models import create
-from qmixprune.pipeline import CompressConfig, compress
+from qmixprune.run.compress import CompressConfig, compress
 from qmixprune.search import EnvConfig, SearchConfig
 
 SMALL = CompressConfig(
@@ -48,7 +48,7 @@ def test_python_api_result_and_outputs(tmp_path, model_file):
         "finetune_curve.png",
         "search_log.jsonl",
     } <= names
-    from qmixprune.outdir import OUTPUTS
+    from qmixprune.run.outdir import OUTPUTS
 
     assert names <= set(OUTPUTS)  # --overwrite clears exactly what a run writes
     rep = json.loads((out / "report.json").read_text())
@@ -84,7 +84,7 @@ def _argv(model_file, out, *extra):
 
 def test_cli_refuses_existing_out_and_resumes_after_interrupt(tmp_path, model_file, monkeypatch):
     out = tmp_path / "o"
-    import qmixprune.pipeline as pipeline
+    import qmixprune.run.compress as pipeline
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -140,7 +140,7 @@ def test_latency_only_target_reports_prediction(tmp_path, model_file):
 
     from qmixprune import analyze
     from qmixprune.budget import CostModel
-    from qmixprune.latency import profile
+    from qmixprune.deploy.profile import profile
 
     model = q.load(model_file)
     x = torch.zeros(1, 3, 32, 32)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from qmixprune import configdoc
-from qmixprune.pipeline import CompressConfig
+from qmixprune.run.compress import CompressConfig
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -77,7 +77,7 @@ def test_distill_epoch_on_the_gpu(cuda, amp):
 
 
 def test_compress_on_the_gpu_records_the_device(cuda, tmp_path):
-    from qmixprune.pipeline import CompressConfig, compress
+    from qmixprune.run.compress import CompressConfig, compress
     from qmixprune.search import EnvConfig, SearchConfig
 
     cfg = CompressConfig(

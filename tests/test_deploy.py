@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from qmixprune.cli import main
+from qmixprune.deploy.export import export_onnx
 from qmixprune.errors import UserError
-from qmixprune.export import export_onnx
 from qmixprune.models import create
 
 X = torch.randn(2, 3, 32, 32)
@@ -88,7 +88,7 @@ def test_bench_runs_without_torch(onnx_pair):
             sys.executable,
             "-c",
             "import sys; sys.modules['torch'] = None\n"
-            "from qmixprune.bench import main\n"
+            "from qmixprune.deploy.bench import main\n"
             f"sys.exit(main([{str(small)!r}, '--runs', '2']))",
         ],
         capture_output=True,
@@ -121,16 +121,16 @@ def test_export_without_onnx_is_clear(monkeypatch, tmp_path):
 
 
 def test_tensorrt_missing_is_a_clear_message(tmp_path, capsys, monkeypatch):
-    from qmixprune import trt_engine
+    from qmixprune.deploy import tensorrt
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    assert not trt_engine.available()
+    assert not tensorrt.available()
     out = tmp_path / "m.onnx"
     assert main(["export", "alexnet", "--width", "0.25", "-o", str(out), "--tensorrt", "fp16"]) == 2
     err = capsys.readouterr().err
     assert "qmixprune[tensorrt]" in err and "JetPack" in err and not out.exists()
     with pytest.raises(UserError, match="TensorRT is not installed"):
-        trt_engine.build_engine(tmp_path / "x.onnx", tmp_path / "x.engine")
+        tensorrt.build_engine(tmp_path / "x.onnx", tmp_path / "x.engine")
     (tmp_path / "a.engine").write_bytes(b"x")
     assert main(["bench", str(tmp_path / "a.engine")]) == 2
     assert "TensorRT is not installed" in capsys.readouterr().err
@@ -151,7 +151,7 @@ def test_torchscript_exports_but_does_not_prune(tmp_path, capsys):
 def test_take_turns_rewarms_each_turn_and_pairs_blocks():
     import numpy as np
 
-    from qmixprune.bench import paired_speedup, take_turns
+    from qmixprune.deploy.bench import paired_speedup, take_turns
 
     log, now = [], [0.0]
 
@@ -202,7 +202,7 @@ def test_export_simplify_without_onnxslim_names_the_extra(tmp_path, monkeypatch)
 
 
 def test_bench_labels_rows_by_short_unique_paths(onnx_pair, tmp_path, capsys):
-    from qmixprune.bench import short_labels
+    from qmixprune.deploy.bench import short_labels
 
     big, small = onnx_pair
     (tmp_path / "a").mkdir()

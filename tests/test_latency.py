@@ -8,8 +8,9 @@ from qmixprune import analyze, apply_plan, save
 from qmixprune.budget import Budget, CostModel
 from qmixprune.cli import main
 from qmixprune.data import load_data
+from qmixprune.deploy.profile import profile
 from qmixprune.errors import UserError
-from qmixprune.latency import LatencyModel, load_table, profile
+from qmixprune.latency import LatencyModel, load_table
 from qmixprune.models import create
 from qmixprune.pruning import plan_for_counts
 from qmixprune.search import EnvConfig, build_env
@@ -70,7 +71,7 @@ def fixed_timer(modules, shape, slow=3.0, multiple=4):
 
 
 def test_best_per_mac_and_pick_from_penalties():
-    from qmixprune.latency import alignment_costs, best_per_mac, pick_alignment
+    from qmixprune.deploy.profile import alignment_costs, best_per_mac, pick_alignment
 
     def row(keep, a, macs, ms):
         return {"keep": keep, "round_to": a, "macs": macs, "ms": ms}
@@ -98,7 +99,7 @@ def test_best_per_mac_and_pick_from_penalties():
 def test_profile_picks_the_multiple_from_fitted_penalties():
     """On fixed timings where widths off multiples of 4 run 3x slower per MAC, the profile
     fits that penalty for multiples of 1 and 2 and recommends 4 (deterministic: issue 14)."""
-    from qmixprune.latency import ALIGNMENTS
+    from qmixprune.deploy.profile import ALIGNMENTS
 
     model = create("vgg16", width=0.125).eval()
     cost = CostModel(model, analyze(model, X), X)
@@ -135,7 +136,7 @@ def test_latency_target_is_met_by_the_wall(setup):
 
 
 def test_profile_cli_and_bad_tables(tmp_path, capsys, monkeypatch):
-    import qmixprune.latency as lat
+    import qmixprune.deploy.profile as lat
 
     # fixed timings: the latency model and the multiple the search uses cannot drift with
     # the machine's load (issue 14: it picked multiples of 2 about 1 run in 4)

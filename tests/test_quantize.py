@@ -6,10 +6,8 @@ import pytest
 import torch
 
 from qmixprune.cli import main
-from qmixprune.errors import UserError
-from qmixprune.export import export_onnx
-from qmixprune.models import create
-from qmixprune.quantize import (
+from qmixprune.deploy.export import export_onnx
+from qmixprune.deploy.quantize import (
     MIN_AGREEMENT,
     RUNTIMES,
     calibration_arrays,
@@ -18,6 +16,8 @@ from qmixprune.quantize import (
     quantize,
     quantize_checked,
 )
+from qmixprune.errors import UserError
+from qmixprune.models import create
 
 X = torch.zeros(1, 3, 32, 32)
 
@@ -121,7 +121,7 @@ def test_export_int8_cli_and_torch_free_bench(tmp_path, capsys):
     assert line.count("\n") == 0 and "INT8" in line and "test acc fp32" in line and "int8" in line
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from qmixprune.bench import main\n"
+        "from qmixprune.deploy.bench import main\n"
         f"sys.exit(main([{str(out)!r}, '--runs', '2', '--batch', '1,3']))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -136,9 +136,9 @@ def test_compress_int8_outputs(tmp_path, monkeypatch, fail):
     """compress's output stage with int8 on (search and distillation are tested elsewhere)."""
     import json
 
-    import qmixprune.quantize as quantize_mod
+    import qmixprune.deploy.quantize as quantize_mod
     from qmixprune.data import load_data
-    from qmixprune.pipeline import CompressConfig, Result, _write_outputs
+    from qmixprune.run.compress import CompressConfig, Result, _write_outputs
 
     if fail:  # a model outside the tolerance is not kept; the fp32 outputs still are
         monkeypatch.setattr(quantize_mod, "MIN_AGREEMENT", 1.01)

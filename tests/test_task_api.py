@@ -9,11 +9,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import qmixprune as q
-import qmixprune.pipeline
+import qmixprune.run.compress
 from qmixprune.data import load_data
 from qmixprune.distill import DistillConfig
 from qmixprune.errors import UserError
-from qmixprune.pipeline import CompressConfig, compress
+from qmixprune.run.compress import CompressConfig, compress
 from qmixprune.search import EnvConfig, SearchConfig
 
 SMALL = CompressConfig(
@@ -56,13 +56,13 @@ def test_user_class_saved_before_failing_stages(tmp_path, digits, monkeypatch):
         raise RuntimeError("disk on fire")
 
     for name in ("export_onnx", "plot_channels", "markdown_report"):
-        monkeypatch.setattr(f"qmixprune.pipeline.{name}", boom)
-    write_json = q.pipeline.write_json
+        monkeypatch.setattr(f"qmixprune.run.compress.{name}", boom)
+    from qmixprune.files import write_json
 
     def write_json_but_report(path, doc):
         return boom() if path.name == "report.json" else write_json(path, doc)
 
-    monkeypatch.setattr("qmixprune.pipeline.write_json", write_json_but_report)
+    monkeypatch.setattr("qmixprune.run.compress.write_json", write_json_but_report)
     out = tmp_path / "o"
     with pytest.warns(RuntimeWarning) as caught:
         res = compress(_net(), digits, target_flops=0.5, config=SMALL, out=out, quiet=True)

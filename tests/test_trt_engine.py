@@ -9,12 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qmixprune import trt_engine
 from qmixprune.cli import main
-from qmixprune.errors import UserError
-from qmixprune.export import export_onnx
-from qmixprune.models import create
-from qmixprune.trt_engine import (
+from qmixprune.deploy import tensorrt
+from qmixprune.deploy.export import export_onnx
+from qmixprune.deploy.tensorrt import (
     BatchProfile,
     OnnxInput,
     build_settings,
@@ -23,6 +21,8 @@ from qmixprune.trt_engine import (
     stats_from_trtexec,
     trtexec_build_args,
 )
+from qmixprune.errors import UserError
+from qmixprune.models import create
 
 LOG = Path(__file__).parent / "data" / "trtexec_int8_b32.log"
 X = torch.zeros(1, 3, 32, 32)
@@ -130,34 +130,34 @@ class FakeTrtexec:
 
 
 def test_build_and_time_through_trtexec(onnx_files, tmp_path, monkeypatch):
-    monkeypatch.setattr(trt_engine, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    monkeypatch.setattr(tensorrt, "_trtexec", lambda: "/opt/trt/bin/trtexec")
     fake = FakeTrtexec()
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes((onnx_files / "dyn.onnx").read_bytes())
-    engine = trt_engine.build_engine(onnx, tmp_path / "m.engine", "fp32", run=fake)
+    engine = tensorrt.build_engine(onnx, tmp_path / "m.engine", "fp32", run=fake)
     meta = json.loads((tmp_path / "m.engine.json").read_text())
     assert engine.read_bytes() == b"engine" and meta["profile"] == [1, 8, 32]
     assert meta["input"] == "input" and meta["strongly_typed"]
     builds = [c for c in fake.calls if any(a.startswith("--saveEngine") for a in c)]
     assert len(builds) == 1 and builds[0][0] == "/opt/trt/bin/trtexec"
     # same content and settings: kept; another model under the same name: rebuilt
-    trt_engine.build_engine(onnx, engine, "fp32", run=fake)
+    tensorrt.build_engine(onnx, engine, "fp32", run=fake)
     assert len([c for c in fake.calls if "--onnx=" + str(onnx) in c]) == 1
     export_onnx(create("alexnet", width=0.25).eval(), onnx, X)
-    trt_engine.build_engine(onnx, engine, "fp32", run=fake)
+    tensorrt.build_engine(onnx, engine, "fp32", run=fake)
     assert len([c for c in fake.calls if "--onnx=" + str(onnx) in c]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx"]
-    row = trt_engine.time_engine(engine, batch=32, runs=200, run=fake)
+    row = tensorrt.time_engine(engine, batch=32, runs=200, run=fake)
     assert row["batch"] == 32 and row["tool"] == "trtexec" and row["p50_ms"] == 0.4855
     assert "--shapes=input:32x3x32x32" in fake.calls[-1]
     n = len(fake.calls)
     with pytest.raises(UserError, match="outside the engine's profile"):
-        trt_engine.time_engine(engine, batch=64, run=fake)
+        tensorrt.time_engine(engine, batch=64, run=fake)
     assert len(fake.calls) == n  # refused before running anything
 
 
 def test_export_tensorrt_arguments_are_checked_first(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(trt_engine, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    monkeypatch.setattr(tensorrt, "_trtexec", lambda: "/opt/trt/bin/trtexec")
     out = tmp_path / "m.onnx"
     base = ["export", "alexnet", "--width", "0.125", "-o", str(out), "--tensorrt", "fp32"]
     assert main([*base, "--fixed-batch", "1"]) == 2
@@ -170,13 +170,13 @@ def test_export_tensorrt_arguments_are_checked_first(tmp_path, capsys, monkeypat
 def test_profile_on_tensorrt_engines(tmp_path, capsys, monkeypatch):
     import numpy as np
 
-    from qmixprune.latency import engine_timer
+    from qmixprune.deploy.profile import engine_timer
 
     monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)
     out = tmp_path / "t.json"
     argv = ["profile", "alexnet", "--width", "0.125", "--provider", "tensorrt", "-o", str(out)]
     assert main(argv) == 2 and "TensorRT is not installed" in capsys.readouterr().err
-    monkeypatch.setattr(trt_engine, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    monkeypatch.setattr(tensorrt, "_trtexec", lambda: "/opt/trt/bin/trtexec")
     fake = FakeTrtexec()
     timer = engine_timer("fp16", runs=5, run=fake)
     (ms,) = timer([torch.nn.Conv2d(4, 8, 3, padding=1)], (2, 4, 8, 8))
@@ -268,31 +268,31 @@ def test_runtime_timing_loop_checks_shapes_and_reports_the_batch_run(tmp_path, m
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     for name, mod in modules.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(trt_engine, "_trtexec", lambda: None)
+    monkeypatch.setattr(tensorrt, "_trtexec", lambda: None)
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine")  # no sidecar: the engine's own profile is read
     if not accept:
         with pytest.raises(UserError, match="refused input shape"):
-            trt_engine.time_engine(engine, batch=4, runs=3, warmup=1)
+            tensorrt.time_engine(engine, batch=4, runs=3, warmup=1)
         return
-    row = trt_engine.time_engine(engine, batch=4, runs=3, warmup=1)
+    row = tensorrt.time_engine(engine, batch=4, runs=3, warmup=1)
     assert row["batch"] == 4 and row["throughput"] > 0 and row["tool"] == "tensorrt"
     with pytest.raises(UserError, match="batch 64 is outside the engine's profile \\(1..32\\)"):
-        trt_engine.time_engine(engine, batch=64, runs=3)
+        tensorrt.time_engine(engine, batch=64, runs=3)
 
 
 def test_export_tensorrt_int8_quantizes_for_tensorrt(tmp_path, capsys, monkeypatch):
     import numpy as np
     import onnx
 
-    monkeypatch.setattr(trt_engine, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    monkeypatch.setattr(tensorrt, "_trtexec", lambda: "/opt/trt/bin/trtexec")
     built = []
 
     def build(onnx_path, engine_path, precision, profile):
         built.append((Path(onnx_path), precision))
         return engine_path
 
-    monkeypatch.setattr(trt_engine, "build_engine", build)
+    monkeypatch.setattr(tensorrt, "build_engine", build)
     out = tmp_path / "m.int8.onnx"
     argv = ["export", "alexnet", "--width", "0.25", "-o", str(out), "--tensorrt", "int8"]
     assert main([*argv, "--calib-batches", "1", "--quantizer", "onnxruntime"]) == 0

@@ -13,8 +13,8 @@ from qmixprune.data import load_data
 from qmixprune.errors import UserError
 from qmixprune.inputs import NORMS, check_forward, default_size, parse_norm
 from qmixprune.models import create
-from qmixprune.pipeline import check_teacher
-from qmixprune.report import alignment_warning, markdown_report
+from qmixprune.run.compress import check_teacher
+from qmixprune.run.report import alignment_warning, markdown_report
 
 
 class SizeBound(nn.Module):
@@ -183,7 +183,7 @@ def test_report_embeds_plots_states_inputs_and_warns_on_unaligned_widths():
 
 def test_plots_carry_titles(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    from qmixprune import report
+    from qmixprune.run import report
 
     titles = []
     real = report._save
@@ -202,9 +202,9 @@ def test_plots_carry_titles(tmp_path, monkeypatch):
 def test_compress_removes_checkpoints_after_success_unless_kept(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from qmixprune import pipeline
     from qmixprune.distill import DistillConfig
-    from qmixprune.pipeline import CompressConfig, compress
+    from qmixprune.run import compress as pipeline
+    from qmixprune.run.compress import CompressConfig, compress
     from qmixprune.search import EnvConfig, SearchConfig
 
     cfg = CompressConfig(

@@ -17,7 +17,7 @@ import torch
 
 from ..distributed import is_main
 from ..errors import UserError
-from ..serialize import atomic_write_bytes
+from ..files import write_bytes
 from .buffer import EpisodeBuffer
 from .env import EnvConfig, PruningEnv
 from .learner import QLearner, QmixConfig
@@ -235,7 +235,7 @@ def search(
     if ckpt is not None and is_main():  # the log holds exactly the checkpointed episodes
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(e) + "\n" for e in run.log)
-        atomic_write_bytes(ckpt.parent / "search_log.jsonl", lines.encode())
+        write_bytes(ckpt.parent / "search_log.jsonl", lines.encode())
     start = time.perf_counter() - run.seconds
     q = cfg.qmix
     deferred = not env.cfg.step_reward  # terminal rewards are scored in one batch
@@ -273,7 +273,7 @@ def search(
         if ckpt is not None and crossed and is_main():  # only at batch boundaries
             buf = io.BytesIO()
             torch.save(run.state_dict(), buf)
-            atomic_write_bytes(ckpt, buf.getvalue())
+            write_bytes(ckpt, buf.getvalue())
     best_reward, best_counts, _ = run.best
     return SearchResult(
         best_counts,

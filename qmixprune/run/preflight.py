@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def model_outputs(model: nn.Module, example_input: torch.Tensor) -> int | None:
@@ -19,7 +19,7 @@ def model_outputs(model: nn.Module, example_input: torch.Tensor) -> int | None:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         hint = "check --input-size and --data"
         if example_input.dim() == 4:
-            from .inputs import expected_size
+            from ..inputs import expected_size
 
             size = expected_size(model, example_input.shape[-1], example_input.shape[1])
             if size is not None:  # digits/CIFAR are 32 px: only imagefolder can be resized
@@ -66,14 +66,14 @@ def check_run(
     batch_size: int | None = None,
 ) -> None:
     """Every cross-check of a compress/search run that needs no search (see module doc)."""
-    from .device import module_device
+    from ..device import module_device
 
     x = torch.zeros(1, *data.input_shape, device=module_device(model))  # where the model is
     check_classes(model, data.num_classes, x)
     if batch_size is not None:
         check_batch(len(data.train), batch_size)
     if latency_table is not None:
-        from .latency import check_table
+        from ..latency import check_table
 
         check_table(latency_table, model, x)
 

@@ -1,13 +1,12 @@
 """Latency of ONNX models with ONNX Runtime, on the device this runs on.
 
 Needs only numpy and onnxruntime (no torch), so it runs on an edge device:
-``python -m qmixprune.bench a.onnx b.onnx --batch 1,32``.
+``python -m qmixprune.deploy.bench a.onnx b.onnx --batch 1,32``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .outdir import check_file
+from ..errors import UserError
+from ..files import check_writable_file, write_json
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 PROVIDERS = {
@@ -189,7 +188,7 @@ def paired_speedup(base: list[np.ndarray], other: list[np.ndarray]) -> float:
 def _bench_engines(models, batches, runs, warmup) -> dict:
     """TensorRT engine files, timed by trtexec or TensorRT's runtime (no torch); each row
     gives the batch that was run, inside the engine's profile."""
-    from .trt_engine import time_engine
+    from .tensorrt import time_engine
 
     if not all(Path(m).suffix in ENGINE_SUFFIXES for m in models):
         raise UserError("compare engines with engines and ONNX files with ONNX files")
@@ -265,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     if not batches or min(batches) < 1 or args.runs < 1:
         raise UserError("--batch sizes and --runs must be >= 1")
     if args.json:  # before the timing, not after it
-        check_file(args.json, "--json")
+        check_writable_file(args.json, "--json")
     report = bench(
         args.models,
         batches,
@@ -277,14 +276,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_results(report))
     if args.json:
-        tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, args.json)
+        write_json(args.json, report)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m qmixprune.bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m qmixprune.deploy.bench", description=__doc__)
     add_arguments(p)
     args = p.parse_args(argv)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UserError
-from .serialize import file_mode
+from ..errors import UserError
+from ..files import atomic_path
 
 PARITY_TOLERANCE = 1e-4  # max |ORT - PyTorch| allowed in fp32
 
@@ -55,10 +54,7 @@ def export_onnx(
         # stays on its device (a copy moves)
         model = copy.deepcopy(model).cpu()
     model, example_input = model.eval(), example_input.cpu()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        os.chmod(tmp, file_mode())  # the umask's mode, not mkstemp's 0600
+    with atomic_path(path, ".onnx") as tmp:  # renamed onto path once every check passed
         with warnings.catch_warnings(record=True) as caught:  # deprecation notices: dropped
             warnings.simplefilter("always")
             torch.onnx.export(
@@ -79,7 +75,7 @@ def export_onnx(
             proto = _simplify(proto)
             onnx.save(proto, tmp)
         if fp16:
-            proto = _to_fp16(proto)
+            proto = to_fp16(proto)
             onnx.save(proto, tmp)
         onnx.checker.check_model(proto)
         inputs = [torch.randn_like(example_input)] + list(check_inputs or [])
@@ -89,9 +85,6 @@ def export_onnx(
         tol = (1e-2 if fp16 else PARITY_TOLERANCE) * max(1.0, max(s for _, s in diffs))
         if diff > tol:
             raise UserError(f"ONNX Runtime disagrees with PyTorch by {diff:.2e} (> {tol:g})")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return ExportResult(path, diff, opset, fp16, simplify)
 
 
@@ -126,7 +119,7 @@ def _simplify(proto):
         return onnxslim.slim(proto)
 
 
-def _to_fp16(proto):
+def to_fp16(proto):
     """Cast float32 initialisers and I/O to float16 (weights only; ops follow their inputs)."""
     from onnx import TensorProto, numpy_helper
 

@@ -4,7 +4,7 @@ and nothing else.
 
 ``check`` reads only (every rank of a torchrun job can call it before the group forms);
 ``claim`` is the one place that creates, clears, marks and locks OUT. Imports neither
-torch nor numpy: ``bench`` uses :func:`check_file` on edge devices.
+torch nor numpy.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
+from ..files import nearest_existing, real, temp_prefix, write_text
 
 MARKER = ".qmixprune-out"  # written into every OUT a run creates: "qmixprune owns this"
 LOCK = ".qmixprune.lock"  # pid and host of the run writing into OUT now
@@ -41,9 +42,9 @@ OUTPUTS = (
     "reward_curve.png",
     "finetune_curve.png",
 )
-# Temporary names of our atomic writes (serialize.atomic_write_bytes, export, plots): a run
+# Temporary names of our atomic writes (files.atomic_path): a run
 # killed with -9 leaves them behind, and the next run into OUT removes them.
-TEMP_PREFIXES = tuple(f".{name}." for name in (*OUTPUTS, MARKER)) + (".write-test",)
+TEMP_PREFIXES = tuple(temp_prefix(name) for name in (*OUTPUTS, MARKER)) + (".write-test",)
 
 
 def check(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: Sequence = ()) -> Path:
@@ -56,9 +57,9 @@ def check(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: Sequenc
         raise UserError(f"{out} exists and is not a folder: choose a folder for -o")
     if overwrite and resume:
         raise UserError("--overwrite and --resume contradict each other: pass one of them")
-    here = _real(out)
+    here = real(out)
     for inp in inputs:
-        if inp is not None and _real(inp) == here:
+        if inp is not None and real(inp) == here:
             raise UserError(f"-o {out} is an input of this run: choose another output folder")
     if out.is_dir() and _entries(out) and not (overwrite or resume):
         raise UserError(f"{out} is not empty: pass --overwrite to replace it or --resume to go on")
@@ -78,14 +79,14 @@ def check(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: Sequenc
 
 
 def _check_clearable(out: Path, here: Path, inputs: Sequence) -> None:
-    cwd, home = _real(Path.cwd()), _real(Path.home())
+    cwd, home = real(Path.cwd()), real(Path.home())
     if here in {cwd, home, *cwd.parents, *home.parents}:
         raise UserError(
             f"refusing --overwrite of {out} (the working directory, home or a folder above "
             "them): choose a dedicated output folder"
         )
     for inp in inputs:
-        if inp is not None and here in _real(inp).parents:
+        if inp is not None and here in real(inp).parents:
             raise UserError(
                 f"refusing --overwrite of {out}: it holds an input of this run ({inp}); "
                 "choose another output folder"
@@ -112,7 +113,7 @@ def claim(out: str | os.PathLike, overwrite: bool, resume: bool) -> Iterator[Pat
             clear(out)
         remove_stale_temps(out)
         if not (out / MARKER).is_file():
-            _write_small(out / MARKER, json.dumps({"created": time.time()}) + "\n")
+            write_text(out / MARKER, json.dumps({"created": time.time()}) + "\n")
         yield out
     finally:
         with contextlib.suppress(OSError):
@@ -176,38 +177,8 @@ def _first_difference(old, new, key: str = "") -> tuple[str, object, object] | N
     return None if old == new else (key, old, new)
 
 
-def check_file(path: str | os.PathLike, what: str = "output") -> Path:
-    """Refuse, with one line, an output file path that cannot be written (a folder, a missing
-    or read-only parent) before any work is done; creates nothing."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a folder: give a file name")
-    parent = path.parent
-    existing = _nearest_existing(parent)
-    if not existing.is_dir():
-        raise UserError(f"cannot write {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK) or (
-        path.exists() and not os.access(path, os.W_OK)
-    ):
-        raise UserError(f"cannot write {path}: permission denied (choose another location)")
-    return path
-
-
-def file_mode() -> int:
-    """The mode a new file gets from the process's umask (0644 under the usual 022)."""
-    try:  # Linux: read it without changing it (changing it races with other threads)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _check_writable(out: Path) -> None:
-    existing = _nearest_existing(out)
+    existing = nearest_existing(out)
     if not existing.is_dir():
         raise UserError(f"cannot write into {out}: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -277,26 +248,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_small(path: Path, text: str) -> None:
-    from .serialize import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode())
-
-
 def _is_temp(name: str) -> bool:
     return name.startswith(TEMP_PREFIXES)
 
 
 def _entries(out: Path) -> list[Path]:
     return list(out.iterdir())
-
-
-def _real(p) -> Path:
-    return Path(os.path.realpath(os.path.expanduser(str(p))))
-
-
-def _nearest_existing(p: Path) -> Path:
-    p = _real(p)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p

@@ -12,19 +12,24 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .bench import bench
-from .config import as_dict
-from .data import DataSplits
-from .device import resolve
-from .distill import DistillConfig, distill
-from .distributed import is_main
-from .errors import UserError
-from .export import export_onnx
-from .flops import count
+from ..config import as_dict
+from ..data import DataSplits
+from ..deploy.bench import bench
+from ..deploy.export import export_onnx
+from ..device import resolve
+from ..distill import DistillConfig, distill
+from ..distributed import is_main
+from ..errors import UserError
+from ..files import write_bytes, write_json
+from ..flops import count
+from ..progress import progress
+from ..pruning import apply_plan, plan_for_counts
+from ..search import PruningEnv, SearchConfig, SearchResult, build_env, search
+from ..serialize import save
+from ..train import evaluate as accuracy
+from ..train import loader, recalibrate_bn
 from .outdir import check_same_config
-from .precheck import check_classes
-from .progress import progress
-from .pruning import apply_plan, plan_for_counts
+from .preflight import check_classes
 from .report import (
     PLOTS,
     alignment_warning,
@@ -35,12 +40,7 @@ from .report import (
     plot_channels,
     plot_finetune,
     plot_rewards,
-    write_json,
 )
-from .search import PruningEnv, SearchConfig, SearchResult, build_env, search
-from .serialize import atomic_write_bytes, save
-from .train import evaluate as accuracy
-from .train import loader, recalibrate_bn
 
 
 def run_search(
@@ -345,8 +345,8 @@ def _input_info(data: DataSplits) -> dict:
 def _remove_checkpoints(out: Path) -> None:
     """After success the checkpoints only take space (they resume an interrupted run); the
     names are ours: nothing else is deleted."""
-    from .distill import CHECKPOINT as DISTILL_CKPT
-    from .search.runner import CHECKPOINT as SEARCH_CKPT
+    from ..distill import CHECKPOINT as DISTILL_CKPT
+    from ..search.runner import CHECKPOINT as SEARCH_CKPT
 
     for name in (SEARCH_CKPT, DISTILL_CKPT):
         (out / name).unlink(missing_ok=True)
@@ -404,7 +404,7 @@ def _write_outputs(
         _skipped("report.json", exc)
     try:
         plots = [name for name, _ in PLOTS if (out / name).is_file()]
-        atomic_write_bytes(out / "report.md", markdown_report(result.report(), plots).encode())
+        write_bytes(out / "report.md", markdown_report(result.report(), plots).encode())
     except Exception as exc:
         _skipped("report.md", exc)
     result.out = out
@@ -428,7 +428,7 @@ def _first_input(calib: list) -> torch.Tensor:
 def _int8(fp32: Path, path: Path, data: DataSplits, log) -> dict:
     """Quantize ``fp32`` to ``path``, calibrated on training batches, checked on the test set;
     a model outside the check's tolerance is not kept and the report says why."""
-    from .quantize import quantize_checked
+    from ..deploy.quantize import quantize_checked
 
     try:
         res = quantize_checked(
@@ -454,7 +454,7 @@ def _int8(fp32: Path, path: Path, data: DataSplits, log) -> dict:
 def _versions() -> dict:
     import platform
 
-    from . import __version__, native
+    from .. import __version__, native
 
     return {
         "qmixprune": __version__,

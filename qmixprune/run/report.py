@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from .graph import Graph
-from .pruning import Plan
-from .serialize import atomic_write_bytes
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+from ..files import atomic_path
+from ..graph import Graph
+from ..pruning import Plan
 
 
 def plan_json(graph: Graph, plan: Plan, macs_ratio: float) -> dict:
@@ -176,7 +170,7 @@ def early_stop_text(stop: dict | None) -> str:
 
 def describe_input(inp: dict) -> str:
     """report["input"] in words (see inputs.describe)."""
-    from .inputs import describe
+    from ..inputs import describe
 
     return describe(inp["shape"], inp.get("mean"), inp.get("std"), inp.get("source", ""))
 
@@ -220,8 +214,9 @@ def _pyplot():
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return path

@@ -7,7 +7,7 @@ nothing. Times measured on 2 CPU cores are in the README.
 
 from __future__ import annotations
 
-from .errors import UserError
+from ..errors import UserError
 
 PRESETS: dict[str, dict] = {
     # a first look: a short search and a few epochs
@@ -40,16 +40,16 @@ def config(name: str, **overrides):
     of its top-level fields (``target_flops=0.5``, ``allow_untrained=True``, ...)."""
     from dataclasses import replace
 
-    from .config import build
-    from .pipeline import CompressConfig
+    from ..config import build
+    from .compress import CompressConfig
 
     return replace(build(CompressConfig, preset(name)), **overrides)
 
 
 def sizes(name: str) -> dict:
     """episodes, max_evaluations, patience and epochs of preset ``name``, defaults filled in."""
-    from .config import build
-    from .pipeline import CompressConfig
+    from ..config import build
+    from .compress import CompressConfig
 
     cfg = build(CompressConfig, preset(name))
     return {

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
+from ..files import atomic_path, write_bytes
 from .onnx_input import single_input
-from .outdir import file_mode
 
 INSTALL_HINT = (
     "TensorRT is not installed: `pip install qmixprune[tensorrt]` on an x86 machine with an "
@@ -265,17 +263,6 @@ def _sidecar(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.chmod(fd, file_mode())  # the umask's mode, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
@@ -307,11 +294,7 @@ def build_engine(
                 return engine_path  # built from this very model with these settings
         except (OSError, ValueError):
             pass
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=engine_path.parent, prefix=f".{engine_path.name}.")
-    os.close(fd)
-    os.chmod(tmp, file_mode())  # the umask's mode, not mkstemp's 0600
-    try:
+    with atomic_path(engine_path) as tmp:
         if trtexec:
             args = trtexec_build_args(
                 onnx_path, tmp, info, profile, settings, int(workspace_gb * 1024)
@@ -324,11 +307,7 @@ def build_engine(
                     + (errors[-1] if errors else f"exit code {res.returncode}")
                 )
         else:
-            data = _build_python(trt, onnx_path, info, profile, settings, workspace_gb)
-            Path(tmp).write_bytes(data)
-        os.replace(tmp, engine_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+            tmp.write_bytes(_build_python(trt, onnx_path, info, profile, settings, workspace_gb))
     meta = {
         "key": key,
         "onnx": str(onnx_path),
@@ -339,7 +318,7 @@ def build_engine(
         "strongly_typed": settings["strongly_typed"],
         "tool": tool,
     }
-    _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+    write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     return engine_path
 
 

@@ -18,7 +18,6 @@ installed. Needs numpy and onnxruntime only (no torch).
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -27,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
+from ..files import atomic_path
 from .onnx_input import single_input
-from .outdir import file_mode
 
 QUANTIZERS = ("auto", "onnxruntime", "modelopt")
 RUNTIMES = ("onnxruntime", "tensorrt")  # who reads the INT8 model: its activation type
@@ -120,24 +119,17 @@ def quantize(
         use_modelopt = runtime == "tensorrt" and _modelopt() is not None
         quantizer = "modelopt" if use_modelopt else "onnxruntime"
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".onnx")
-    os.close(fd)
-    os.chmod(tmp, file_mode())  # the umask's mode, not mkstemp's 0600
-    try:
+    with atomic_path(out_path, ".onnx") as tmp:
         try:
             if quantizer == "modelopt":
-                _quantize_modelopt(Path(fp32_path), Path(tmp), calibration)
+                _quantize_modelopt(Path(fp32_path), tmp, calibration)
             else:
-                _quantize_ort(Path(fp32_path), Path(tmp), calibration, runtime)
+                _quantize_ort(Path(fp32_path), tmp, calibration, runtime)
         except UserError:
             raise
         except Exception as exc:  # the quantizers' own errors, deep inside them
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"{quantizer} could not quantize {fp32_path}: {first}") from exc
-        os.replace(tmp, out_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return quantizer
 
 
