@@ -37,7 +37,7 @@ from qmixprune.latency import LatencyModel
 from qmixprune.models import create
 from qmixprune.pruning import apply_plan, plan_for_counts
 from qmixprune.search import EnvConfig, SearchConfig, build_env, search
-from qmixprune.train import TrainConfig, evaluate, loader, recalibrate_bn, train
+from qmixprune.train import TrainConfig, accuracy, loader, recalibrate_bn, train
 
 ARCHS = {"mobilenet_v2": "torchvision:mobilenet_v2"}  # short names for --models
 
@@ -171,12 +171,12 @@ def main() -> None:
             loops[name][seed] = loop
         with tempfile.TemporaryDirectory() as d:
             files = [export_onnx(model, Path(d) / "original.onnx", x).path]
-            accs = {"original": evaluate(model, data.test)}
+            accs = {"original": accuracy(model, data.test)}
             macs = {"original": 1.0}
             for plan_name, counts in plans.items():
                 onnx_path = Path(d) / f"{plan_name}.onnx"
                 pruned, f = onnx_of(model, graph, counts, order, onnx_path, x, data)
-                accs[plan_name] = evaluate(pruned, data.test)
+                accs[plan_name] = accuracy(pruned, data.test)
                 macs[plan_name] = count(pruned, x)[0] / count(model, x)[0]
                 files.append(f)
             if args.int8:

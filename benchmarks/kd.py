@@ -22,7 +22,7 @@ from qmixprune.demo import QUICK_TEACHER_EPOCHS, digits_teacher
 from qmixprune.distill import DistillConfig, distill
 from qmixprune.importance import ranks
 from qmixprune.pruning import apply_plan, plan_for_counts
-from qmixprune.train import evaluate, loader, recalibrate_bn
+from qmixprune.train import accuracy, loader, recalibrate_bn
 
 
 def main() -> None:
@@ -42,14 +42,14 @@ def main() -> None:
         Budget(CostModel(teacher, graph, x), args.target), [g.name for g in graph.prunable]
     )
     plan = plan_for_counts(graph, counts, ranks(teacher, graph.prunable, "l1"))
-    print(f"teacher test {evaluate(teacher, data.test):.4f}; pruned to {args.target} of the MACs")
+    print(f"teacher test {accuracy(teacher, data.test):.4f}; pruned to {args.target} of the MACs")
     results = {}
     for method, alpha in (("kd", args.alpha), ("ce", 0.0)):
         runs = []
         for seed in [int(s) for s in args.seeds.split(",")]:
             student = apply_plan(teacher, graph, plan)
             recalibrate_bn(student, loader(data.train, 64, True, seed))
-            start = evaluate(student, data.val)
+            start = accuracy(student, data.val)
             cfg = DistillConfig(
                 epochs=args.epochs, lr=args.lr, alpha=alpha, temperature=args.temperature, seed=seed
             )
@@ -59,7 +59,7 @@ def main() -> None:
                     "seed": seed,
                     "start_val": start,
                     "val": [h["val_acc"] for h in hist],
-                    "test": evaluate(student, data.test),
+                    "test": accuracy(student, data.test),
                 }
             )
         results[method] = runs

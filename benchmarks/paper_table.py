@@ -20,7 +20,7 @@ from qmixprune.distill import DistillConfig
 from qmixprune.models import create
 from qmixprune.run.compress import CompressConfig, compress
 from qmixprune.search import SearchConfig
-from qmixprune.train import TrainConfig, evaluate, train
+from qmixprune.train import TrainConfig, accuracy, train
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
                 TrainConfig(epochs=t_epochs, lr=0.05, seed=args.seed),
                 hflip=data.hflip,
             )
-            base = evaluate(teacher, data.test)
+            base = accuracy(teacher, data.test)
             for target in [float(t) for t in args.targets.split(",")]:
                 cfg = CompressConfig(
                     target_flops=target,

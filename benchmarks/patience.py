@@ -22,7 +22,7 @@ import time
 from qmixprune.demo import QUICK_TEACHER_EPOCHS, digits_teacher
 from qmixprune.files import write_bytes
 from qmixprune.search import EnvConfig, SearchConfig, build_env, search
-from qmixprune.train import evaluate
+from qmixprune.train import accuracy
 
 
 def trace(seed: int, target: float, episodes: int, teacher, data):
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     teacher, data = digits_teacher(args.teacher_seed, args.teacher_epochs)
-    print(f"teacher test acc {evaluate(teacher, data.test):.4f}", flush=True)
+    print(f"teacher test acc {accuracy(teacher, data.test):.4f}", flush=True)
     patiences = [0] + [int(p) for p in args.patience.split(",")]
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -80,7 +80,7 @@ def main() -> None:
             n, best, plan = cut(scored, p)
             key = tuple(plan[g] for g in env.groups)
             if key not in tests:
-                tests[key] = evaluate(env.evaluator.candidate(plan), data.test)
+                tests[key] = accuracy(env.evaluator.candidate(plan), data.test)
             rows.append(
                 {"seed": seed, "patience": p, "evaluations": n, "val": best, "test": tests[key]}
             )

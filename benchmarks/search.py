@@ -43,7 +43,7 @@ from qmixprune.distill import DistillConfig, distill
 from qmixprune.files import write_bytes
 from qmixprune.search import EnvConfig, QmixConfig, SearchConfig, build_env, search
 from qmixprune.search.baselines import BASELINES
-from qmixprune.train import evaluate
+from qmixprune.train import accuracy
 
 
 def _qmix(**overrides):
@@ -95,7 +95,7 @@ LONGEST_FIRST = [
 def test_accuracy(env, data, counts) -> tuple[float, torch.nn.Module]:
     """Test accuracy of a plan as its reward saw it (pruned, BN recalibrated)."""
     pruned = env.evaluator.candidate(counts)
-    return evaluate(pruned, data.test), pruned
+    return accuracy(pruned, data.test), pruned
 
 
 @functools.cache
@@ -130,7 +130,7 @@ def run_task(task: dict) -> dict:
     if task["finetune_epochs"]:
         cfg = DistillConfig(epochs=task["finetune_epochs"], seed=task["seed"])
         student, _ = distill(pruned, teacher, data, cfg)
-        out["finetuned_test"] = evaluate(student, data.test)
+        out["finetuned_test"] = accuracy(student, data.test)
     return out
 
 
@@ -192,7 +192,7 @@ def main() -> None:
     ft_targets = [float(t) for t in args.finetune_targets.split(",") if t]
 
     teacher, data = digits_teacher(0)  # trains and caches it once, before the workers start
-    teacher_test = evaluate(teacher, data.test)
+    teacher_test = accuracy(teacher, data.test)
     print(f"teacher test acc {teacher_test:.4f}; seeds {seeds}; budget {args.budget}", flush=True)
     tasks = []
     for seed in seeds:  # seeds outermost: a cut-short run still has whole seeds

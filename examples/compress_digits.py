@@ -12,7 +12,7 @@ import qmixprune
 from qmixprune.data import load_data
 from qmixprune.distill import DistillConfig
 from qmixprune.models import create
-from qmixprune.run.compress import CompressConfig
+from qmixprune.run.config import CompressConfig
 from qmixprune.search import SearchConfig
 from qmixprune.train import TrainConfig, train
 

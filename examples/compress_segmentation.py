@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import qmixprune
 from qmixprune.data import DataSplits
 from qmixprune.distill import DistillConfig
-from qmixprune.run.compress import CompressConfig
+from qmixprune.run.config import CompressConfig
 from qmixprune.search import EnvConfig, SearchConfig
 
 CLASSES = ("background", "square", "disc", "triangle")
@@ -198,7 +198,7 @@ def main() -> None:
         target_flops=args.target_flops,
         config=config,
         out=args.out,
-        evaluate=lambda m: miou(m, val_batches),  # the search's reward, the best epoch's pick
+        score=lambda m: miou(m, val_batches),  # the search's reward, the best epoch's pick
         train_step=seg_kd_step,  # the fine-tuning loss
         calib=(x for x, _ in DataLoader(train, batch_size=32)),  # BatchNorm recalibration
     )

@@ -25,7 +25,7 @@ _LAZY = {
     "load_model_file": "qmixprune.serialize",
     "UserError": "qmixprune.errors",
     "compress": "qmixprune.run.compress",
-    "CompressConfig": "qmixprune.run.compress",
+    "CompressConfig": "qmixprune.run.config",
     "export_onnx": "qmixprune.deploy.export",
 }
 
@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     from .flops import count, layer_table
     from .graph import Graph, analyze
     from .pruning import Plan, apply_plan, make_plan, prune
-    from .run.compress import CompressConfig, compress
+    from .run.compress import compress
+    from .run.config import CompressConfig
     from .serialize import load, load_model_file, save
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
-from .flops import layer_table
+from .flops import LayerCount, layer_table
 from .graph import Graph
 from .pruning import kept_count
 from .rounding import round_to_multiple
@@ -31,7 +31,15 @@ class _Layer:
 class CostModel:
     """``macs(counts)`` for ``counts`` = kept channels per group (absent = all kept)."""
 
-    def __init__(self, model: nn.Module, graph: Graph, example_input: torch.Tensor) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: Graph,
+        example_input: torch.Tensor,
+        rows: list[LayerCount] | None = None,
+    ) -> None:
+        """``rows``: ``flops.measure``'s for ``model`` on ``example_input``, when the caller
+        has them (the model is then not run again)."""
         slots = {(s.module, s.kind): s for s in graph.slots}
 
         def segs(module: str, kinds: tuple[str, ...]) -> tuple:
@@ -50,7 +58,7 @@ class CostModel:
                 segs(r.name, ("conv_in", "gconv_in", "linear_in")),
                 segs(r.name, ("conv_out", "linear_out", "dw")),
             )
-            for r in layer_table(model, example_input)
+            for r in (rows if rows is not None else layer_table(model, example_input))
         ]
         self.total = sum(layer.macs for layer in self.layers)
         self.group_channels = {g.name: g.channels for g in graph.groups}
@@ -194,7 +202,7 @@ def check_reachable(budget: Budget, low: dict[str, int]) -> None:
     names = ", ".join(f"{g} (floor {low[g]} of {cost.group_channels[g]} ch)" for g in worst)
     zero = {g: 0 for g in low}
     missed = "; ".join(
-        f"target {t:.3f} of the {label} is unreachable: with every group at its floor the "
+        f"target {t:g} of the {label} is unreachable: with every group at its floor the "
         f"model keeps {model.ratio(low):.3f} (what no pruning removes: {model.ratio(zero):.3f})"
         for label, model, t in budget.parts
         if model.ratio(low) > t

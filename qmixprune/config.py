@@ -7,7 +7,10 @@ gave override the file; ``None`` means "not given" so defaults stay where they l
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
 import json
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -142,3 +145,30 @@ def merge(base: dict, overrides: dict) -> dict:
 
 def as_dict(obj) -> dict:
     return dataclasses.asdict(obj)
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """field name -> the comment on its line (or on the comment lines just above it)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    for i, line in enumerate(lines, start=1):
+        head = line.strip().split(":", 1)[0]
+        if head not in names or head in out or line.strip().startswith("#"):
+            continue
+        text = comments.get(i, "")
+        j = i - 1
+        above: list[str] = []
+        while not text and j >= 1 and lines[j - 1].strip().startswith("#"):
+            above.insert(0, comments.get(j, ""))
+            j -= 1
+        out[head] = text or " ".join(above)
+    return out

@@ -10,45 +10,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import io
 import sys
-import tokenize
 import typing
 from pathlib import Path
+
+from .config import field_comments
 
 START = "<!-- config-keys:start (python -m qmixprune.configdoc --write README.md) -->"
 END = "<!-- config-keys:end -->"
 # optional second block: the sizes of compress --preset (qmixprune/presets.py)
 PRESETS_START = "<!-- presets:start (python -m qmixprune.configdoc --write README.md) -->"
 PRESETS_END = "<!-- presets:end -->"
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """field name -> the comment on its line (or on the comment lines just above it)."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    comments: dict[int, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
-    lines = source.splitlines()
-    names = {f.name for f in dataclasses.fields(cls)}
-    out: dict[str, str] = {}
-    for i, line in enumerate(lines, start=1):
-        head = line.strip().split(":", 1)[0]
-        if head not in names or head in out or line.strip().startswith("#"):
-            continue
-        text = comments.get(i, "")
-        j = i - 1
-        above: list[str] = []
-        while not text and j >= 1 and lines[j - 1].strip().startswith("#"):
-            above.insert(0, comments.get(j, ""))
-            j -= 1
-        out[head] = text or " ".join(above)
-    return out
 
 
 def _type_name(hint) -> str:
@@ -85,7 +57,7 @@ def rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
 def table() -> str:
     """The markdown block (without markers) for ``compress``'s config (``search`` takes the
     ``search.`` part at the top level)."""
-    from .run.compress import CompressConfig
+    from .run.config import CompressConfig
 
     lines = [
         "| key | type | default | meaning |",

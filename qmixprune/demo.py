@@ -18,8 +18,10 @@ from .data import load_data
 from .device import resolve
 from .distill import DistillConfig
 from .errors import UserError
-from .run.compress import CompressConfig, compress
+from .run.compress import run_stages
+from .run.config import CompressConfig
 from .run.outdir import check, claim
+from .run.preflight import check_compress
 from .search import EnvConfig, QmixConfig, SearchConfig
 from .seeding import seeded
 from .train import TrainConfig, train
@@ -101,13 +103,8 @@ def run_demo(args) -> int:
     log = (lambda *a: None) if args.quiet else print
     epochs = QUICK_TEACHER_EPOCHS if args.quick else None
     teacher, data = digits_teacher(args.seed, epochs, log, device)
+    config, ready = check_compress(teacher, data, config)
     with claim(args.output, args.overwrite, resume=False) as out:
-        compress(
-            teacher,
-            data,
-            config=config,
-            out=out,
-            quiet=args.quiet,
-        )
+        run_stages(teacher, data, config, ready, out, quiet=args.quiet)
     log(f"wrote {out}/ (report.md, report.json, model.safetensors, model.onnx, plots)")
     return 0

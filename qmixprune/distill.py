@@ -30,10 +30,7 @@ from .distributed import rank_world
 from .errors import UserError
 from .files import write_bytes
 from .seeding import seeded
-from .train import augment
-from .train import evaluate as accuracy
-
-CHECKPOINT = "distill_checkpoint.pt"
+from .train import accuracy, augment
 
 
 @dataclass(frozen=True)
@@ -111,14 +108,14 @@ def distill(
     teacher: nn.Module,
     data: DataSplits,
     cfg: DistillConfig,
-    out: str | Path | None = None,
+    checkpoint: str | Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
     *,
     features: dict[str, torch.Tensor] | None = None,
     device: torch.device | None = None,
     train_step: Callable[[nn.Module, nn.Module, object], torch.Tensor] | None = None,
-    evaluate: Callable[[nn.Module], float] | None = None,
+    score: Callable[[nn.Module], float] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Fine-tune ``student`` against ``teacher``; returns the best student on val (the one
     that came in when no epoch beats it) and the per-epoch history.
@@ -126,29 +123,30 @@ def distill(
     ``device`` (from ``device.resolve``; default: the student's device) takes both models and
     every batch. ``train_step(student, teacher, batch)`` replaces the classification KD loss:
     it gets the batch already on the device (under autocast when AMP is on; ``student`` is the
-    DDP wrapper under torchrun) and returns the loss. ``evaluate(student)`` (higher is better)
+    DDP wrapper under torchrun) and returns the loss. ``score(student)`` (higher is better)
     replaces validation accuracy for picking the best epoch; the history's ``val`` and
     ``val_acc`` hold the value used. ``features`` maps a module name to the teacher channels
     the student kept there (for feature distillation). Under torchrun ``cfg.batch_size`` is the
-    global batch (see ``per_rank_batch``)."""
+    global batch (see ``per_rank_batch``). ``checkpoint``: a file written after every epoch,
+    which ``resume`` continues from."""
     with seeded(cfg.seed):  # dropout draws from the global RNG: repeatable, caller's RNG kept
         return _distill(
             student,
             teacher,
             data,
             cfg,
-            out,
+            checkpoint,
             resume,
             on_epoch,
             features,
             device,
             train_step,
-            evaluate,
+            score,
         )
 
 
 def _distill(
-    student, teacher, data, cfg, out, resume, on_epoch, features, device, train_step, evaluate
+    student, teacher, data, cfg, checkpoint, resume, on_epoch, features, device, train_step, score
 ) -> tuple[nn.Module, list[dict]]:
     cfg.validate()
     rank, world = rank_world()
@@ -192,7 +190,7 @@ def _distill(
     hooks = _FeatureHooks(student, teacher, features) if cfg.feature_weight > 0 else None
 
     def _score(m: nn.Module) -> float:
-        return float(evaluate(m.eval()) if evaluate is not None else accuracy(m, data.val))
+        return float(score(m.eval()) if score is not None else accuracy(m, data.val))
 
     state = {
         "epoch": 0,
@@ -201,7 +199,7 @@ def _distill(
         "best": copy.deepcopy(student.state_dict()),
         "history": [],
     }
-    ckpt = Path(out) / CHECKPOINT if out is not None else None
+    ckpt = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt is not None and ckpt.is_file():
         try:
             sd = torch.load(ckpt, weights_only=True, map_location=device)

@@ -25,6 +25,13 @@ class LayerCount:
 
 def layer_table(model: nn.Module, example_input: torch.Tensor) -> list[LayerCount]:
     """One row per Conv/Linear call, in execution order (a module called twice: two rows)."""
+    return measure(model, example_input)[0]
+
+
+def measure(model: nn.Module, example_input: torch.Tensor) -> tuple[list[LayerCount], object]:
+    """``layer_table``'s rows and the model's output, from one forward pass in eval mode (the
+    modes are restored): a run measures its model once and checks its output from the same
+    pass."""
     rows: list[LayerCount] = []
     batch = example_input.shape[0]
     param = next(model.parameters(), None)
@@ -52,19 +59,23 @@ def layer_table(model: nn.Module, example_input: torch.Tensor) -> list[LayerCoun
     try:
         model.eval()
         with torch.no_grad():
-            model(example_input)
+            output = model(example_input)
     finally:
         for h in handles:
             h.remove()
         for m, mode in modes.items():
             m.training = mode
-    return rows
+    return rows, output
 
 
 def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     """``(macs, params)`` of ``model`` for one sample shaped like ``example_input[0]``."""
-    macs = sum(r.macs for r in layer_table(model, example_input))
-    return macs, sum(p.numel() for p in model.parameters())
+    return totals(model, layer_table(model, example_input))
+
+
+def totals(model: nn.Module, rows: list[LayerCount]) -> tuple[int, int]:
+    """``(macs, params)`` from ``model``'s measured ``rows`` (see ``measure``)."""
+    return sum(r.macs for r in rows), sum(p.numel() for p in model.parameters())
 
 
 def op_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:

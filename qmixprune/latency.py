@@ -29,13 +29,17 @@ def load_table(path: str | Path) -> dict:
     return table
 
 
-def check_table(table: dict, model: nn.Module, example_input: torch.Tensor) -> None:
+def check_table(
+    table: dict, model: nn.Module, example_input: torch.Tensor, rows: list | None = None
+) -> None:
     """Refuse, before any work, a table profiled for another model or for this one at
-    another width (its layers' full channel counts must be the model's)."""
+    another width (its layers' full channel counts must be the model's). ``rows``:
+    ``flops.measure``'s for ``model``, when the caller has them."""
     from .flops import layer_table
 
     modules = dict(model.named_modules())
-    names = list(dict.fromkeys(r.name for r in layer_table(model, example_input)))
+    rows = rows if rows is not None else layer_table(model, example_input)
+    names = list(dict.fromkeys(r.name for r in rows))
     missing = [n for n in names if n not in table["layers"]]
     if missing:
         raise UserError(

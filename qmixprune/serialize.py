@@ -55,7 +55,7 @@ def save(model: nn.Module, path: str | os.PathLike, input_shape=(3, 32, 32)) -> 
         "channels": json.dumps({k: len(v["keep"]) for k, v in plan.items()}),
         "input_shape": json.dumps(list(shape)),
         "parts": json.dumps(getattr(model, PARTS_ATTR, None)),
-        "digest": _digest(tensors),
+        "digest": tensors_digest(tensors),
     }
     meta["meta_digest"] = _meta_digest(meta)
     return write_bytes(path, st_save(tensors, metadata=meta))
@@ -80,7 +80,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         raise UserError(f"{path} is not a valid qmixprune model file (truncated?): {exc}") from exc
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} is a safetensors file but not a qmixprune model ({FORMAT})")
-    if _digest(tensors) != meta.get("digest"):
+    if tensors_digest(tensors) != meta.get("digest"):
         raise UserError(f"{path} is corrupt: its tensors do not match the stored digest")
     # files written before the plan carried indices have no digest of their metadata
     if "meta_digest" in meta and _meta_digest(meta) != meta["meta_digest"]:
@@ -347,7 +347,8 @@ def _read(path: Path) -> bytes:
         raise UserError(f"cannot read {path}: {exc}") from exc
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The digest a model file stores of its tensors (checked on load)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].contiguous()

@@ -21,7 +21,7 @@ def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **kw) -> 
 
 
 @torch.no_grad()
-def evaluate(
+def accuracy(
     model: nn.Module,
     data: DataLoader | Dataset,
     max_batches: int | None = None,

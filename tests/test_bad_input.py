@@ -246,7 +246,7 @@ def test_interrupt_says_how_to_resume(tmp_path, model_file, capsys, monkeypatch)
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "compress", interrupted)
+    monkeypatch.setattr(pipeline, "run_stages", interrupted)
     out = tmp_path / "out"
     assert main(_compress(model_file, out, "--allow-untrained")) == 130
     err = capsys.readouterr().err

@@ -1,7 +1,9 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+from nets import fixed_timer
 
 import qmixprune as q
 from qmixprune.cli import main
@@ -144,7 +146,8 @@ def test_latency_only_target_reports_prediction(tmp_path, model_file):
 
     model = q.load(model_file)
     x = torch.zeros(1, 3, 32, 32)
-    table = profile(model, CostModel(model, analyze(model, x), x), x, threads=1, runs=2)
+    cost = CostModel(model, analyze(model, x), x)
+    table = profile(model, cost, x, threads=1, timer=fixed_timer)  # timings fixed, not measured
     cfg = replace(SMALL, target_flops=None, target_latency=0.9)
     out = tmp_path / "o"
     res = compress(model, load_data("digits"), config=cfg, out=out, quiet=True, latency_table=table)
@@ -155,3 +158,62 @@ def test_latency_only_target_reports_prediction(tmp_path, model_file):
     assert rep["latency"]["threads"] == 1  # timed with the table's thread count
     md = (out / "report.md").read_text()
     assert "0.90 of the measured latency" in md and "Predicted latency" in md
+
+
+def _count_calls(monkeypatch, module, name: str, calls: dict) -> None:
+    real = getattr(module, name)
+
+    def counted(*a, **k):
+        calls[name] = calls.get(name, 0) + 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, counted)
+
+
+@pytest.mark.parametrize("via", ["cli", "api"])
+def test_one_run_checks_once_and_runs_the_teacher_at_most_twice_before_the_search(
+    via, tmp_path, model_file, monkeypatch
+):
+    import qmixprune.run.compress as stages
+    import qmixprune.run.preflight as preflight
+
+    calls: dict = {}
+    _count_calls(monkeypatch, stages, "check_compress", calls)  # the API's name for it
+    _count_calls(monkeypatch, preflight, "check_compress", calls)  # the CLI's
+    for name in ("check_classes", "check_same_config", "resolve", "accuracy"):
+        _count_calls(monkeypatch, preflight, name, calls)
+    teacher = q.load(model_file)
+    singles = []  # the teacher's forward passes on one sample (the checks and analysis)
+    teacher.register_forward_hook(lambda m, i, o: singles.append(i[0].shape[0] == 1))
+    monkeypatch.setattr("qmixprune.cli.run.load_model", lambda args, check=True: (teacher, None))
+    real_search = stages.search
+    before = []
+
+    def search(*a, **k):
+        before.append(sum(singles))
+        return real_search(*a, **k)
+
+    monkeypatch.setattr(stages, "search", search)
+    out = tmp_path / "o"
+    if via == "cli":
+        args = ["compress", str(model_file), "--target-flops", "0.5", "--episodes", "2"]
+        args += ["--epochs", "0", "--no-export", "--allow-untrained", "--quiet", "-o", str(out)]
+        assert main(args) == 0
+    else:
+        cfg = replace(SMALL, export=False, distill=replace(SMALL.distill, epochs=0))
+        compress(teacher, load_data("digits"), 0.5, cfg, out=out, quiet=True)
+    assert calls.get("check_compress") == 1
+    assert calls["check_classes"] == calls["resolve"] == calls["accuracy"] == 1
+    assert "check_same_config" not in calls  # not resuming
+    # measured once (layers, MACs, outputs); the graph capture may run it once more; the
+    # search's channels-last probe runs on calibration batches, not on a single sample
+    assert len(before) == 1 and 1 <= before[0] <= 2, before
+
+
+def test_unreachable_target_leaves_out_untouched(tmp_path, model_file, capsys):
+    out = tmp_path / "o3"
+    args = ["compress", str(model_file), "--target-flops", "0.0005", "--allow-untrained"]
+    assert main([*args, "--quiet", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "target 0.0005 of the MACs is unreachable" in err, err  # the number as given
+    assert not out.exists()

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from qmixprune import configdoc
-from qmixprune.run.compress import CompressConfig
+from qmixprune.run.config import CompressConfig
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

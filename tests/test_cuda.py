@@ -33,10 +33,10 @@ def test_native_ops_match_the_reference_on_the_gpu(cuda):
         torch.randn(10, 512, generator=g).to(cuda),
     ]
     for p in (1, 2):
-        for a, b in zip(ops.filter_norms(ws, p, True), ops.filter_norms(ws, p, False)):
+        for a, b in zip(ops.filter_norms(ws, p, True), ops.filter_norms(ws, p, False), strict=True):
             assert a.device == cuda
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    for a, b in zip(ops.fpgm(ws, True), ops.fpgm(ws, False)):
+    for a, b in zip(ops.fpgm(ws, True), ops.fpgm(ws, False), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
     act = torch.relu(torch.randn(8, 16, 5, 5, generator=g)).to(cuda)
     sums = [torch.zeros(16, dtype=torch.float64, device=cuda) for _ in range(2)]
@@ -59,7 +59,7 @@ def test_pruning_on_the_gpu_equals_the_cpu(cuda):
     gpu_model = m.to(cuda)
     assert make_plan(gpu_model, g, 0.5, importance="l1") == plan
     gpu = apply_plan(gpu_model, g, plan)
-    for (k, a), (_, b) in zip(cpu.state_dict().items(), gpu.state_dict().items()):
+    for (k, a), (_, b) in zip(cpu.state_dict().items(), gpu.state_dict().items(), strict=True):
         assert b.device == cuda and torch.equal(a, b.cpu()), k
 
 

@@ -1,6 +1,7 @@
 import copy
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from qmixprune.data import load_data
 from qmixprune.distill import DistillConfig, distill, kd_loss
 from qmixprune.errors import UserError
 from qmixprune.models import create
-from qmixprune.train import evaluate
+from qmixprune.train import accuracy
 
 
 def test_kd_loss_terms():
@@ -36,10 +37,10 @@ def setup():
 
 def test_best_on_val_is_kept_and_history(setup):
     teacher, student, data, _ = setup
-    before = evaluate(student, data.val)
+    before = accuracy(student, data.val)
     s, hist = distill(student, teacher, data, DistillConfig(epochs=2, batch_size=32, lr=0.05))
     assert [h["epoch"] for h in hist] == [1, 2]
-    assert evaluate(s, data.val) == max(before, *(h["val_acc"] for h in hist))
+    assert accuracy(s, data.val) == max(before, *(h["val_acc"] for h in hist))
 
 
 def test_fine_tuning_that_only_hurts_returns_the_student_unchanged(setup):
@@ -51,7 +52,7 @@ def test_fine_tuning_that_only_hurts_returns_the_student_unchanged(setup):
     # a learning rate this high wrecks the student every epoch
     cfg = DistillConfig(epochs=2, batch_size=32, lr=50.0, alpha=0.0)
     s, hist = distill(student, teacher, data, cfg)
-    assert all(h["val_acc"] < evaluate(s, data.val) for h in hist)
+    assert all(h["val_acc"] < accuracy(s, data.val) for h in hist)
     for k, v in s.state_dict().items():
         assert torch.equal(v, incoming[k])
 
@@ -68,22 +69,32 @@ def test_resume_matches_uninterrupted(setup, tmp_path):
         raise Stop
 
     with pytest.raises(Stop):
-        distill(student, teacher, data, cfg, out=tmp_path, on_epoch=stop)
-    resumed, hist = distill(student, teacher, data, cfg, out=tmp_path, resume=True)
+        distill(student, teacher, data, cfg, tmp_path / "ckpt.pt", on_epoch=stop)
+    resumed, hist = distill(student, teacher, data, cfg, tmp_path / "ckpt.pt", resume=True)
     assert len(hist) == 2
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
 
 
-def test_feature_distillation_and_bad_config(setup):
+def test_feature_distillation_adds_its_term_and_bad_config(setup):
     teacher, student, data, graph = setup
     kept = [s for s in graph.slots if s.module == "features.40"]
     assert kept
     idx = torch.arange(student.features[40].out_channels)
-    cfg = DistillConfig(epochs=1, batch_size=32, feature_weight=1.0)
-    distill(student, teacher, data, cfg, features={"features.40": idx})
+    # a step too small to move the weights: both runs see the same batches and the same KD
+    # loss, so the epoch's mean loss differs by the feature term alone
+    plain = DistillConfig(epochs=1, batch_size=32, lr=1e-12, seed=0)
+    with_features = replace(plain, feature_weight=1.0)
+    _, base = distill(copy.deepcopy(student), teacher, data, plain)
+    feats = {"features.40": idx}
+    s, feat = distill(copy.deepcopy(student), teacher, data, with_features, features=feats)
+    assert feat[0]["loss"] > base[0]["loss"] + 1e-3  # the MSE of unmatched features: > 0
+    _, again = distill(copy.deepcopy(student), teacher, data, plain)
+    assert again[0]["loss"] == pytest.approx(base[0]["loss"], rel=1e-6)  # nothing else differs
+    hooked = [m for m in (*s.modules(), *teacher.modules()) if m._forward_hooks]
+    assert not hooked  # the capture hooks are gone with the run
     with pytest.raises(UserError, match="needs layers"):
-        distill(student, teacher, data, cfg)
+        distill(student, teacher, data, with_features)
     with pytest.raises(UserError, match="alpha"):
         distill(student, teacher, data, DistillConfig(alpha=2.0))
 
@@ -153,7 +164,7 @@ def test_custom_step_and_evaluate_pick_the_best_epoch(setup):
         return next(scores)
 
     cfg = DistillConfig(epochs=3, batch_size=32, lr=0.05)
-    s, hist = distill(student, teacher, data, cfg, train_step=step, evaluate=score)
+    s, hist = distill(student, teacher, data, cfg, train_step=step, score=score)
     assert [h["val"] for h in hist] == [-3.0, -1.0, -2.0] == [h["val_acc"] for h in hist]
     assert len(seen) == 3 * 2 and all(d == (torch.device("cpu"),) * 2 for d in seen)
     for k, v in s.state_dict().items():  # the second epoch's weights were kept

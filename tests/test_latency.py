@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from nets import fixed_timer
 
 from qmixprune import analyze, apply_plan, save
 from qmixprune.budget import Budget, CostModel
@@ -23,7 +24,8 @@ def setup():
     model = create("vgg16", width=0.25).eval()
     graph = analyze(model, X)
     cost = CostModel(model, graph, X)
-    table = profile(model, cost, X, threads=1, round_to=8, runs=3, grid=(0.5, 1.0))
+    # fixed timings (1 ns per MAC): the orderings below cannot drift with the machine's load
+    table = profile(model, cost, X, round_to=8, grid=(0.5, 1.0), timer=fixed_timer)
     return model, graph, cost, table
 
 
@@ -41,33 +43,12 @@ def test_profile_table_and_model(setup):
     assert sum(lat.group_shares().values()) > 0
 
 
-def fixed_timer(modules, shape, slow=3.0, multiple=4):
-    """Fixed timings: 1 ns per MAC, ``slow`` times that for a layer with a channel count that
-    is not a multiple of ``multiple`` (the image's 3 channels and the 10 classes included:
-    the same in every plan), plus 10 us per whole model (not per layer timed alone)."""
-    import numpy as np
+def test_ort_timer_times_each_module_on_onnx_runtime():
+    from qmixprune.deploy.profile import ort_timer
 
-    layer_types = (torch.nn.Conv2d, torch.nn.Linear)
-
-    def ms(module):
-        total = [0.0 if isinstance(module, layer_types) else 0.01]
-
-        def hook(m, inputs, out):
-            ci = m.in_features if isinstance(m, torch.nn.Linear) else m.in_channels
-            co = m.out_features if isinstance(m, torch.nn.Linear) else m.out_channels
-            macs = out[0].numel() * m.weight[0].numel()
-            total[0] += macs * 1e-6 * (slow if ci % multiple or co % multiple else 1.0)
-
-        hooks = [
-            m.register_forward_hook(hook) for m in module.modules() if isinstance(m, layer_types)
-        ]
-        with torch.no_grad():
-            module.eval()(torch.zeros(*shape))
-        for h in hooks:
-            h.remove()
-        return total[0]
-
-    return [np.array([ms(m)] * 3) for m in modules]
+    modules = [torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(3, 4, 1)]
+    times = ort_timer("cpu", threads=1, runs=4)(modules, (1, 3, 16, 16))
+    assert [t.shape for t in times] == [(4,), (4,)] and all((t > 0).all() for t in times)
 
 
 def test_best_per_mac_and_pick_from_penalties():

@@ -46,10 +46,10 @@ def make(shapes, dtype, contiguous=True):
 def test_filter_norms_and_bn_scale(shapes, dtype, contiguous):
     ws = make(shapes, dtype, contiguous)
     for p in (1, 2):
-        for a, b in zip(ops.filter_norms(ws, p, True), ops.filter_norms(ws, p, False)):
+        for a, b in zip(ops.filter_norms(ws, p, True), ops.filter_norms(ws, p, False), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     gammas = [w.reshape(-1) for w in ws]
-    for a, b in zip(ops.bn_scale(gammas, True), ops.bn_scale(gammas, False)):
+    for a, b in zip(ops.bn_scale(gammas, True), ops.bn_scale(gammas, False), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -59,7 +59,7 @@ def test_fpgm(shapes, dtype):
     ws = make(shapes, dtype, contiguous=False)
     # documented tolerance: the Gram matrix is float32 unless the weights are float64
     tol = 1e-9 if dtype == torch.float64 else 1e-4
-    for a, b in zip(ops.fpgm(ws, True), ops.fpgm(ws, False)):
+    for a, b in zip(ops.fpgm(ws, True), ops.fpgm(ws, False), strict=True):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * max([1.0, *b.abs().tolist()]))
 
 
@@ -85,7 +85,9 @@ def test_gather_channels_exact(dtype):
     ]
     cols = [torch.tensor([5, 0]), None, torch.tensor([4, 1]), None, torch.tensor([0]), None]
     for a, b in zip(
-        ops.gather_channels(ts, rows, cols, True), ops.gather_channels(ts, rows, cols, False)
+        ops.gather_channels(ts, rows, cols, True),
+        ops.gather_channels(ts, rows, cols, False),
+        strict=True,
     ):
         assert a.dtype == b.dtype and torch.equal(a, b)
     inputs = {t.untyped_storage().data_ptr() for t in ts}
@@ -198,7 +200,7 @@ def test_pruning_identical_with_and_without_native(monkeypatch):
     monkeypatch.setattr(native, "available", lambda device="cpu": False)
     assert make_plan(m, g, 0.5, importance="fpgm") == plan
     b = apply_plan(m, g, plan)
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
 
 

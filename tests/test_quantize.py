@@ -138,7 +138,8 @@ def test_compress_int8_outputs(tmp_path, monkeypatch, fail):
 
     import qmixprune.deploy.quantize as quantize_mod
     from qmixprune.data import load_data
-    from qmixprune.run.compress import CompressConfig, Result, _write_outputs
+    from qmixprune.run import outputs
+    from qmixprune.run.compress import CompressConfig, Result
 
     if fail:  # a model outside the tolerance is not kept; the fp32 outputs still are
         monkeypatch.setattr(quantize_mod, "MIN_AGREEMENT", 1.01)
@@ -160,7 +161,10 @@ def test_compress_int8_outputs(tmp_path, monkeypatch, fail):
     cfg = CompressConfig(bench_runs=2, int8=True)
     out = tmp_path / "o"
     out.mkdir()
-    _write_outputs(res, teacher, cfg, out, X, lambda *a: None, 1, load_data("digits"))
+    res.latency, res.int8 = outputs.write_deployment(
+        out, student.eval(), teacher, X, cfg, load_data("digits"), 1, lambda *a: None
+    )
+    outputs.write_report(out, res.report(), "test_acc")
     rep = json.loads((out / "report.json").read_text())
     names = [r["model"] for r in rep["latency"]["results"]]
     md = (out / "report.md").read_text()

@@ -113,7 +113,7 @@ def test_file_with_counts_only_still_loads(tmp_path):
     """Files written before plans carried indices hold kept counts."""
     from safetensors.torch import load_file, save_file
 
-    from qmixprune.serialize import _digest
+    from qmixprune.serialize import tensors_digest
 
     pruned = q.prune(q.models.create("vgg16", width=0.125), torch.randn(1, 3, 32, 32), 0.5)
     path = q.save(pruned.eval(), tmp_path / "m.safetensors")
@@ -123,7 +123,7 @@ def test_file_with_counts_only_still_loads(tmp_path):
         "arch": json.dumps(q.models.arch_spec(pruned)),
         "channels": json.dumps({k: len(v["keep"]) for k, v in getattr(pruned, PLAN_ATTR).items()}),
         "input_shape": "[3, 32, 32]",
-        "digest": _digest(tensors),
+        "digest": tensors_digest(tensors),
     }
     save_file(tensors, tmp_path / "old.safetensors", metadata=meta)
     x = torch.randn(1, 3, 32, 32)

@@ -8,8 +8,8 @@ from qmixprune.data import load_data
 from qmixprune.errors import UserError
 from qmixprune.models import create
 from qmixprune.search import EnvConfig, QmixConfig, SearchConfig, build_env, search
-from qmixprune.search.baselines import _keep_after, evolutionary, single_agent
-from qmixprune.search.runner import _Run
+from qmixprune.search.baselines import evolutionary, keep_after, single_agent
+from qmixprune.search.runner import SearchRun
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def _env(parts, **kw):
 
 def test_screening_scores_the_candidate_the_mixer_values_most(parts):
     env = _env(parts)
-    run = _Run(env, SearchConfig(seed=1, qmix=QmixConfig(warmup=0, screen=4)))
+    run = SearchRun(env, SearchConfig(seed=1, qmix=QmixConfig(warmup=0, screen=4)))
     rolled, keeps = [], []
     episode_of = run.run_episode
 
@@ -55,7 +55,7 @@ def test_screening_scores_the_candidate_the_mixer_values_most(parts):
 
 def test_final_value_is_the_mixer_on_the_last_joint_action(parts):
     env = _env(parts)
-    run = _Run(env, SearchConfig(seed=0))
+    run = SearchRun(env, SearchConfig(seed=0))
     eps = [run.run_episode(1.0, defer=True) for _ in range(3)]
     batch = {
         k: torch.stack([e[k] for e in eps]) for k in ("obs", "state", "actions", "last_actions")
@@ -98,14 +98,14 @@ def test_learner_updates_only_when_its_values_are_used(parts, learns):
     )
 
 
-def test_keep_after_matches_the_episode_dynamics(parts):
+def testkeep_after_matches_the_episode_dynamics(parts):
     env = _env(parts)
     gen = torch.Generator().manual_seed(0)
     actions = torch.randint(0, env.cfg.n_actions, (env.cfg.steps, env.n_agents), generator=gen)
     env.reset()
     for a in actions:
         env.step(a, defer=True)
-    assert torch.allclose(_keep_after(env, actions), env.keep)
+    assert torch.allclose(keep_after(env, actions), env.keep)
 
 
 @pytest.mark.parametrize("mutation", ["elite", "gaussian"])

@@ -55,14 +55,15 @@ def test_user_class_saved_before_failing_stages(tmp_path, digits, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    for name in ("export_onnx", "plot_channels", "markdown_report"):
-        monkeypatch.setattr(f"qmixprune.run.compress.{name}", boom)
+    monkeypatch.setattr("qmixprune.deploy.export.export_onnx", boom)
+    for name in ("plot_channels", "markdown_report"):
+        monkeypatch.setattr(f"qmixprune.run.report.{name}", boom)
     from qmixprune.files import write_json
 
     def write_json_but_report(path, doc):
         return boom() if path.name == "report.json" else write_json(path, doc)
 
-    monkeypatch.setattr("qmixprune.run.compress.write_json", write_json_but_report)
+    monkeypatch.setattr("qmixprune.run.outputs.write_json", write_json_but_report)
     out = tmp_path / "o"
     with pytest.warns(RuntimeWarning) as caught:
         res = compress(_net(), digits, target_flops=0.5, config=SMALL, out=out, quiet=True)
@@ -105,7 +106,7 @@ def test_task_callbacks_drive_search_and_finetuning(tmp_path, digits):
         config=CompressConfig(**{**SMALL.__dict__, "export": False}),
         out=tmp_path / "o",
         quiet=True,
-        evaluate=evaluate,
+        score=evaluate,
         train_step=train_step,
         calib=calib(),
     )
@@ -126,9 +127,9 @@ def test_no_data(digits):
 
     batches = [torch.randn(4, 3, 32, 32)]
     no_finetune = CompressConfig(**{**SMALL.__dict__, "distill": DistillConfig(epochs=0)})
-    res = compress(_net(), None, 0.5, no_finetune, quiet=True, evaluate=evaluate, calib=batches)
+    res = compress(_net(), None, 0.5, no_finetune, quiet=True, score=evaluate, calib=batches)
     assert res.pruned["macs"] <= 0.5 * res.original["macs"] and res.finetune == []
-    with pytest.raises(UserError, match="unless both evaluate= and calib="):
-        compress(_net(), None, 0.5, no_finetune, quiet=True, evaluate=evaluate)
+    with pytest.raises(UserError, match="unless both score= and calib="):
+        compress(_net(), None, 0.5, no_finetune, quiet=True, score=evaluate)
     with pytest.raises(UserError, match="fine-tuning needs training data"):
-        compress(_net(), None, 0.5, SMALL, quiet=True, evaluate=evaluate, calib=batches)
+        compress(_net(), None, 0.5, SMALL, quiet=True, score=evaluate, calib=batches)

@@ -8,12 +8,13 @@ import torch
 import torch.nn as nn
 
 import qmixprune as q
-from qmixprune.cli import compress_config, main, parser
+from qmixprune.cli import main, parser
+from qmixprune.cli.run import compress_config
 from qmixprune.data import load_data
 from qmixprune.errors import UserError
 from qmixprune.inputs import NORMS, check_forward, default_size, parse_norm
 from qmixprune.models import create
-from qmixprune.run.compress import check_teacher
+from qmixprune.run.preflight import check_teacher
 from qmixprune.run.report import alignment_warning, markdown_report
 
 
@@ -167,8 +168,9 @@ def _report(after: int, round_to: int | None) -> dict:
 
 
 def test_report_embeds_plots_states_inputs_and_warns_on_unaligned_widths():
-    md = markdown_report(_report(32, 8), ["channels.png", "reward_curve.png"])
-    assert "](channels.png)" in md and "](reward_curve.png)" in md
+    plots = [("channels.png", "Channels"), ("reward_curve.png", "Search reward")]
+    md = markdown_report(_report(32, 8), plots)
+    assert "![Channels](channels.png)" in md and "![Search reward](reward_curve.png)" in md
     assert "finetune_curve.png" not in md
     assert "Input: 3x32x32, normalised with mean (0.5, 0.5, 0.5)" in md
     assert "Warning" not in md
@@ -216,9 +218,12 @@ def test_compress_removes_checkpoints_after_success_unless_kept(tmp_path, monkey
     torch.manual_seed(0)
     model = create("vgg16", width=0.125)
     data = load_data("digits")
+    from qmixprune.run import preflight
+
     scored = []
     real = pipeline.accuracy
-    monkeypatch.setattr(pipeline, "accuracy", lambda m, d: scored.append(m) or real(m, d))
+    for module in (pipeline, preflight):  # the teacher in the checks, the student after
+        monkeypatch.setattr(module, "accuracy", lambda m, d: scored.append(m) or real(m, d))
     for keep in (False, True):
         out = tmp_path / str(keep)
         out.mkdir()

@@ -1,9 +1,14 @@
-"""Jobs that the CLI and the Python API share: the search, with its outputs."""
+"""One ``compress`` run, stage by stage: search, prune, fine-tune, save, deploy, report.
+
+``compress`` (the Python API) checks everything first (``preflight.check_compress``), then
+runs ``run_stages``; the CLI makes the same check, claims OUT, then calls ``run_stages``
+itself. Each stage gets what the previous one returned: the search hands over its plan with
+the graph and ranking it was made from and the pruned, BN-recalibrated candidate its reward
+saw; the teacher's shapes and MACs come from the checks.
+"""
 
 from __future__ import annotations
 
-import itertools
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -14,113 +19,33 @@ import torch.nn as nn
 
 from ..config import as_dict
 from ..data import DataSplits
-from ..deploy.bench import bench
-from ..deploy.export import export_onnx
-from ..device import resolve
-from ..distill import DistillConfig, distill
+from ..distill import distill
 from ..distributed import is_main
-from ..errors import UserError
-from ..files import write_bytes, write_json
 from ..flops import count
+from ..graph import Graph
 from ..progress import progress
-from ..pruning import apply_plan, plan_for_counts
-from ..search import PruningEnv, SearchConfig, SearchResult, build_env, search
-from ..serialize import save
-from ..train import evaluate as accuracy
-from ..train import loader, recalibrate_bn
-from .outdir import check_same_config
-from .preflight import check_classes
-from .report import (
-    PLOTS,
-    alignment_warning,
-    describe_input,
-    early_stop_text,
-    markdown_report,
-    plan_json,
-    plot_channels,
-    plot_finetune,
-    plot_rewards,
-)
+from ..pruning import Plan, plan_for_counts
+from ..search import SearchConfig, SearchResult, build_env, search
+from ..train import accuracy
+from . import outputs
+from .config import CompressConfig
+from .preflight import Ready, Score, check_compress
+from .report import alignment_warning, describe_input, early_stop_text
+
+__all__ = ["CompressConfig", "Found", "Result", "compress", "run_search", "run_stages"]
 
 
-def run_search(
-    model: nn.Module,
-    data: DataSplits,
-    cfg: SearchConfig,
-    out: Path | None = None,
-    resume: bool = False,
-    quiet: bool = False,
-    latency_table: dict | None = None,
-    *,
-    score: Callable[[nn.Module], float] | None = None,
-    calib: Iterable | None = None,
-    device: torch.device | None = None,
-) -> tuple[SearchResult, PruningEnv]:
-    """QMIX search on ``model``; with ``out``: plan.json, search_log.jsonl, reward_curve.png,
-    search_config.json and a checkpoint to resume from. Returns the result and the
-    environment (its graph and importance ranking turn the result into a plan)."""
-    env = build_env(
-        model,
-        data,
-        cfg.env,
-        seed=cfg.seed,
-        latency_table=latency_table,
-        score=score,
-        calib=calib,
-        device=device,
-    )
-    if out is not None and is_main():
-        if resume:  # refuse another configuration before rewriting the record of this one
-            check_same_config(out, "search_config.json", as_dict(cfg))
-        write_json(out / "search_config.json", as_dict(cfg))
-    with progress(cfg.episodes, "search", quiet, every=cfg.checkpoint_every) as update:
+@dataclass
+class Found:
+    """What the search stage hands on: the best plan with the graph and importance ranking
+    it was made from, and that plan pruned and BN-recalibrated as its reward saw it."""
 
-        def on_episode(entry: dict) -> None:
-            update(1, f"best {entry['best']:.4f}  evals {entry['evaluations']}")
-
-        result = search(env, cfg, out, resume=resume, on_episode=on_episode)
-    if out is not None and is_main():
-        plan = plan_for_counts(env.graph, result.counts, env.ranking)
-        doc = plan_json(env.graph, plan, result.macs_ratio)
-        doc.update(
-            reward=result.reward,
-            evaluations=result.evaluations,
-            episodes=result.episodes,
-            evaluations_per_second=result.evaluations / max(result.seconds, 1e-9),
-        )
-        write_json(out / "plan.json", doc)
-        plot_rewards(result.log, out / "reward_curve.png")
-    return result, env
-
-
-@dataclass(frozen=True)
-class CompressConfig:
-    """Every option of ``compress``; the targets, seed and importance override the stages'.
-    ``target_flops`` None with a ``target_latency`` means a latency-only budget."""
-
-    target_flops: float | None = 0.4  # fraction of the MACs kept (None: no FLOPs target)
-    target_latency: float | None = None  # fraction of the measured latency kept (needs a table)
-    seed: int = 0  # seeds the search, the val split and fine-tuning (overrides the stages')
-    importance: str = "l1"  # filter ranking: l1, l2, fpgm, bn_scale or random
-    search: SearchConfig = field(default_factory=SearchConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    export: bool = True  # write model.onnx and time it against the original (ONNX Runtime)
-    int8: bool = False  # also model.int8.onnx (Q/DQ, calibrated on training batches)
-    bench_runs: int = 50  # timed runs per model and batch size for the report's latency
-    allow_untrained: bool = False  # go on when the teacher's test accuracy is at chance level
-    keep_checkpoints: bool = False  # keep the search/distillation checkpoints after success
-    device: str = "auto"  # auto (the local GPU when one is visible, else cpu), cpu, cuda, cuda:N
-
-    def resolved(self) -> CompressConfig:
-        """The config with the top-level target, seed and importance pushed into the stages."""
-        env = replace(
-            self.search.env,
-            target_flops=self.target_flops,
-            target_latency=self.target_latency,
-            importance=self.importance,
-        )
-        search_cfg = replace(self.search, seed=self.seed, env=env)
-        return replace(self, search=search_cfg, distill=replace(self.distill, seed=self.seed))
+    result: SearchResult
+    graph: Graph
+    plan: Plan
+    student: nn.Module
+    round_to: int
+    predicted_latency: float | None  # the latency model's ratio for the plan, if any
 
 
 @dataclass
@@ -159,91 +84,76 @@ def compress(
     quiet: bool = False,
     latency_table: dict | None = None,
     *,
-    evaluate: Callable[[nn.Module], float] | None = None,
+    score: Score | None = None,
     train_step: Callable[[nn.Module, nn.Module, object], torch.Tensor] | None = None,
     calib: Iterable | None = None,
     teacher_score: float | None = None,
+    evaluate: Score | None = None,
 ) -> Result:
     """Search a per-group plan with QMIX, prune, distil from the original, evaluate, and
     (with ``out``) save, export to ONNX, benchmark and report.
 
     Classification on ``data`` is the default task. Any other task brings its callbacks:
-    ``evaluate(model) -> float`` (higher is better, e.g. mIoU or mAP on a validation set)
-    is the search's reward and picks the best fine-tuning epoch; ``train_step(student,
+    ``score(model) -> float`` (higher is better, e.g. mIoU or mAP on a validation set) is
+    the search's reward and picks the best fine-tuning epoch; ``train_step(student,
     teacher, batch) -> loss`` drives fine-tuning on ``data.train``'s batches; ``calib``
     (model inputs, or batches whose first element is the input) recalibrates BatchNorm.
-    ``data`` may be None when ``evaluate`` and ``calib`` are given and
+    ``data`` may be None when ``score`` and ``calib`` are given and
     ``config.distill.epochs`` is 0. ``teacher_score``: the model's test accuracy (or
-    ``evaluate`` score) when the caller has just measured it, so it is not measured twice."""
+    ``score``) when the caller has just measured it, so it is not measured twice.
+    ``evaluate`` is the former name of ``score`` (deprecated)."""
+    if evaluate is not None:
+        warnings.warn("compress(evaluate=) is now score=", DeprecationWarning, stacklevel=2)
+        score = score if score is not None else evaluate
     cfg = config or CompressConfig()
     if target_flops is not None:
         cfg = replace(cfg, target_flops=target_flops)
-    cfg = cfg.resolved()
-    cfg.search.env.validate()
-    device = resolve(cfg.device)  # the run's one device decision; every stage below gets it
+    cfg, ready = check_compress(
+        model,
+        data,
+        cfg,
+        out=out,
+        resume=resume,
+        latency_table=latency_table,
+        score=score,
+        train_step=train_step,
+        calib=calib,
+        teacher_score=teacher_score,
+    )
+    return run_stages(model, data, cfg, ready, out, resume, quiet, score, train_step)
+
+
+def run_stages(
+    model: nn.Module,
+    data: DataSplits | None,
+    cfg: CompressConfig,
+    ready: Ready,
+    out: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    score: Score | None = None,
+    train_step: Callable | None = None,
+) -> Result:
+    """The stages of a checked run (``cfg`` and ``ready`` from ``check_compress``)."""
     log = (lambda *a: None) if quiet else print
     out = Path(out) if out is not None else None
-    if data is None and (evaluate is None or calib is None):
-        raise UserError("compress needs data=, unless both evaluate= and calib= are given")
-    if data is None and cfg.distill.epochs > 0:
-        raise UserError(
-            "fine-tuning needs training data: pass data= (its train split feeds train_step), "
-            "or set config.distill.epochs to 0"
-        )
-    if calib is not None:  # read once: the search and the pruned model's BN both use them
-        calib = list(itertools.islice(calib, max(cfg.search.env.calib_batches, 1)))
-        if not calib:
-            raise UserError("calib= is empty: give at least one batch of model inputs")
-    if data is not None and evaluate is None and train_step is None:  # classification
-        where = next(model.parameters(), torch.empty(0)).device
-        x0 = torch.zeros(1, *data.input_shape, device=where)
-        check_classes(model, data.num_classes, x0)
-    if out is not None and is_main():  # everything checkable was checked: OUT is touched
-        if resume:  # refuse another configuration before rewriting the record of this one
-            check_same_config(out, "config.json", as_dict(cfg))
-        write_json(out / "config.json", as_dict(cfg))
-    metric = "score" if evaluate is not None else "test_acc"
-
-    def score(m: nn.Module) -> float:
-        return float(evaluate(m)) if evaluate is not None else accuracy(m, data.test)
-
-    teacher = model.to(device).eval()
-    shape = data.input_shape if data is not None else _first_input(calib).shape[1:]
-    x = torch.zeros(1, *shape, device=device)
-    inputs = _input_info(data) if data is not None else {"shape": list(x.shape[1:])}
-    log(f"input: {describe_input(inputs)}")
-    macs0, params0 = count(teacher, x)
-    acc0 = score(teacher) if teacher_score is None else float(teacher_score)
-    log(f"original: {macs0:,} MACs, {params0:,} params, {metric.replace('_', ' ')} {acc0:.4f}")
-    untrained = evaluate is None and at_chance(acc0, data.num_classes, len(data.test))
-    if untrained and not cfg.allow_untrained:
-        check_teacher(acc0, data.num_classes, len(data.test))
-
-    found, env = run_search(
-        teacher,
-        data,
-        cfg.search,
-        out,
-        resume,
-        quiet,
-        latency_table,
-        score=evaluate,
-        calib=calib,
-        device=device,
-    )
-    graph = env.graph  # the search's own analysis and importance ranking serve the pruning
-    plan = plan_for_counts(graph, found.counts, env.ranking)
-    student = apply_plan(teacher, graph, plan)
-    recalibrate_bn(
-        student,
-        calib if calib is not None else loader(data.train, cfg.distill.batch_size, True, cfg.seed),
-    )
+    main = out is not None and is_main()  # rank 0 writes OUT; every rank resumes from it
+    if main:
+        outputs.write_record(out, outputs.CONFIG, as_dict(cfg))
+    teacher, device, metric = model.eval(), ready.device, ready.metric
+    label = metric.replace("_", " ")
+    log(f"input: {describe_input(ready.input)}")
     log(
-        f"search: best val reward {found.reward:.4f} at {found.macs_ratio:.4f} of the MACs"
-        f"{early_stop_text(found.early_stop)}; distilling {cfg.distill.epochs} epochs"
+        f"original: {ready.macs:,} MACs, {ready.params:,} params, {label} {ready.teacher_score:.4f}"
     )
 
-    history: list[dict] = []  # without data= there is nothing to fine-tune on (epochs 0)
+    found = run_search(teacher, data, cfg.search, ready, out, resume, quiet, score=score)
+    log(
+        f"search: best val reward {found.result.reward:.4f} at {found.result.macs_ratio:.4f} of "
+        f"the MACs{early_stop_text(found.result.early_stop)}; distilling {cfg.distill.epochs} "
+        "epochs"
+    )
+    student, history = found.student, []  # without data= there is nothing to fine-tune on
     with progress(cfg.distill.epochs, "distill", quiet) as update:
         if data is not None:
             student, history = distill(
@@ -251,204 +161,132 @@ def compress(
                 teacher,
                 data,
                 cfg.distill,
-                out,
+                out / outputs.DISTILL_CHECKPOINT if out is not None else None,
                 resume,
                 on_epoch=lambda e: update(1, f"val {e['val_acc']:.4f}"),
                 train_step=train_step,
-                evaluate=evaluate,
+                score=score,
                 device=device,
             )
-    if out is not None and is_main():  # first thing after fine-tuning: nothing later loses it
-        save(student, out / "model.safetensors")
-        log(f"saved the pruned model to {out / 'model.safetensors'}")
-    (macs1, params1), acc1 = count(student, x), score(student)
-    result = Result(
+    if main:  # first thing after fine-tuning: nothing later loses it
+        log(f"saved the pruned model to {outputs.save_model(out, student)}")
+    x = ready.example()
+    macs, params = count(student, x)
+    value = float(score(student)) if score is not None else accuracy(student, data.test)
+    result = _result(cfg, ready, found, history, student, macs, params, value)
+    if ready.untrained:
+        result.warnings.append(
+            f"the original model's test accuracy ({ready.teacher_score:.4f}) is at chance level "
+            f"for {data.num_classes} classes: the accuracies compare noise"
+        )
+    if main:
+        threads = ready.latency_table.get("threads") if ready.latency_table else None
+        result.latency, result.int8 = outputs.write_deployment(
+            out, student, teacher, x.cpu(), cfg, data, threads, log
+        )
+        outputs.write_report(out, result.report(), metric)
+        result.out = out
+    log(
+        f"pruned: {macs:,} MACs ({macs / ready.macs:.3f}), {params:,} params, "
+        f"{label} {value:.4f} ({value - ready.teacher_score:+.4f})"
+    )
+    warning = alignment_warning(result.channels, found.round_to)
+    for text in [*result.warnings, *([warning] if warning else [])]:
+        log(f"warning: {text}")
+    if main and not cfg.keep_checkpoints:
+        outputs.remove_checkpoints(out)
+    return result
+
+
+def run_search(
+    model: nn.Module,
+    data: DataSplits | None,
+    cfg: SearchConfig,
+    ready: Ready,
+    out: Path | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    *,
+    score: Score | None = None,
+) -> Found:
+    """The QMIX search of a checked run (``ready``); with ``out``, rank 0 writes its
+    config, log, checkpoint, plan.json and reward curve there (every rank resumes)."""
+    env = build_env(
+        model,
+        data,
+        cfg.env,
+        seed=cfg.seed,
+        latency_table=ready.latency_table,
+        score=score,
+        calib=ready.calib,
+        device=ready.device,
+        measured=ready.measured,
+    )
+    main = out is not None and is_main()
+    if main:
+        outputs.write_record(out, outputs.SEARCH_CONFIG, as_dict(cfg))
+    files = outputs.search_files(out) if out is not None else None
+    with progress(cfg.episodes, "search", quiet, every=cfg.checkpoint_every) as update:
+
+        def on_episode(entry: dict) -> None:
+            update(1, f"best {entry['best']:.4f}  evals {entry['evaluations']}")
+
+        result = search(env, cfg, files, resume=resume, on_episode=on_episode)
+    plan = plan_for_counts(env.graph, result.counts, env.ranking)
+    if main:
+        outputs.write_search(out, env.graph, plan, result)
+    return Found(
+        result,
+        env.graph,
+        plan,
+        env.evaluator.candidate(result.counts),
+        env.cfg.round_to,
+        env.latency.ratio(result.counts) if env.latency else None,
+    )
+
+
+def _result(
+    cfg: CompressConfig,
+    ready: Ready,
+    found: Found,
+    history: list,
+    student: nn.Module,
+    macs: int,
+    params: int,
+    value: float,
+) -> Result:
+    counts, metric = found.result.counts, ready.metric
+    channels = {
+        g.name: {"before": g.channels, "after": counts.get(g.name, g.channels)}
+        for g in found.graph.prunable
+    }
+    table = ready.latency_table
+    return Result(
         target_flops=cfg.target_flops,
         target_latency=cfg.target_latency,
-        original={"macs": macs0, "params": params0, metric: acc0},
-        pruned={"macs": macs1, "params": params1, metric: acc1},
-        channels={
-            g.name: {"before": g.channels, "after": found.counts.get(g.name, g.channels)}
-            for g in graph.prunable
-        },
+        original={"macs": ready.macs, "params": ready.params, metric: ready.teacher_score},
+        pruned={"macs": macs, "params": params, metric: value},
+        channels=channels,
         search={
-            "reward": found.reward,
-            "macs_ratio": found.macs_ratio,
-            "evaluations": found.evaluations,
-            "episodes": found.episodes,
-            "seconds": round(found.seconds, 1),
-            "round_to": env.cfg.round_to,
-            "early_stop": found.early_stop,
-            # the latency model's prediction, to set against the measured speed-up below
-            "predicted_latency": env.latency.ratio(found.counts) if env.latency else None,
-            "latency_table_batch": latency_table.get("batch") if latency_table else None,
+            "reward": found.result.reward,
+            "macs_ratio": found.result.macs_ratio,
+            "evaluations": found.result.evaluations,
+            "episodes": found.result.episodes,
+            "seconds": round(found.result.seconds, 1),
+            "round_to": found.round_to,
+            "early_stop": found.result.early_stop,
+            # the latency model's prediction, to set against the measured speed-up
+            "predicted_latency": found.predicted_latency,
+            "latency_table_batch": table.get("batch") if table else None,
         },
         finetune=history,
         latency=None,
         seed=cfg.seed,
         versions=_versions(),
-        input=inputs,
-        device=str(device),
+        input=ready.input,
+        device=str(ready.device),
         model=student,
     )
-    if untrained:
-        result.warnings.append(
-            f"the original model's test accuracy ({acc0:.4f}) is at chance level for "
-            f"{data.num_classes} classes: the accuracies compare noise"
-        )
-    if out is not None and is_main():
-        # time the result as the latency table was measured, when there is one
-        threads = latency_table.get("threads") if latency_table else None
-        _write_outputs(result, teacher, cfg, out, x.cpu(), log, threads, data)
-    log(
-        f"pruned: {macs1:,} MACs ({macs1 / macs0:.3f}), {params1:,} params, "
-        f"{metric.replace('_', ' ')} {acc1:.4f} ({acc1 - acc0:+.4f})"
-    )
-    warning = alignment_warning(result.channels, env.cfg.round_to)
-    for text in [*result.warnings, *([warning] if warning else [])]:
-        log(f"warning: {text}")
-    if out is not None and is_main() and not cfg.keep_checkpoints:
-        _remove_checkpoints(out)
-    return result
-
-
-def at_chance(acc: float, num_classes: int, n: int) -> bool:
-    """Whether a test accuracy on ``n`` samples is within 3 standard errors of chance
-    (1 / classes): an untrained model, or inputs sized or normalised unlike its training."""
-    chance = 1.0 / max(num_classes, 1)
-    return acc <= chance + 3 * (chance * (1 - chance) / max(n, 1)) ** 0.5
-
-
-def check_teacher(acc: float, num_classes: int, n: int) -> None:
-    """Refuse a teacher at chance level (see at_chance): pruning it would report noise as
-    gains."""
-    chance = 1.0 / max(num_classes, 1)
-    if at_chance(acc, num_classes, n):
-        raise UserError(
-            f"the model's test accuracy is {acc:.4f}, chance level for {num_classes} classes "
-            f"({chance:.3f}): is it trained, and do --input-size/--mean/--std match its training? "
-            "(--allow-untrained, or allow_untrained=True in Python, goes on anyway)"
-        )
-
-
-def _input_info(data: DataSplits) -> dict:
-    """report["input"]: what the model was fed."""
-    mean = getattr(data, "mean", None)
-    return {
-        "shape": list(data.input_shape),
-        "mean": list(mean) if mean is not None else None,
-        "std": list(data.std) if mean is not None else None,
-        "source": getattr(data, "norm_source", ""),
-    }
-
-
-def _remove_checkpoints(out: Path) -> None:
-    """After success the checkpoints only take space (they resume an interrupted run); the
-    names are ours: nothing else is deleted."""
-    from ..distill import CHECKPOINT as DISTILL_CKPT
-    from ..search.runner import CHECKPOINT as SEARCH_CKPT
-
-    for name in (SEARCH_CKPT, DISTILL_CKPT):
-        (out / name).unlink(missing_ok=True)
-
-
-def _write_outputs(
-    result: Result,
-    teacher,
-    cfg: CompressConfig,
-    out: Path,
-    x,
-    log,
-    threads: int | None = None,
-    data: DataSplits | None = None,
-):
-    # model.safetensors is saved already: each stage below only warns when it fails
-    if cfg.export:
-        try:
-            export_onnx(result.model, out / "model.onnx", x)
-            files, names = [out / "model.onnx"], ["original", "pruned"]
-            if cfg.int8 and data is not None:
-                result.int8 = _int8(out / "model.onnx", out / "model.int8.onnx", data, log)
-                if "error" not in result.int8:
-                    files, names = [*files, out / "model.int8.onnx"], [*names, "pruned-int8"]
-            with tempfile.TemporaryDirectory() as tmp:
-                export_onnx(teacher, Path(tmp) / "original.onnx", x)
-                report = bench(
-                    [str(Path(tmp) / "original.onnx"), *map(str, files)],
-                    (1, 32),
-                    threads=threads,
-                    runs=cfg.bench_runs,
-                    warmup=5,
-                )
-            rows = report["results"]
-            result.latency = {
-                "device": report["device"],
-                "threads": threads,
-                "results": [{**r, "model": names[i % len(names)]} for i, r in enumerate(rows)],
-            }
-        except Exception as exc:
-            _skipped("ONNX export or benchmark", exc)
-    try:
-        plot_channels(
-            {k: v["before"] for k, v in result.channels.items()},
-            {k: v["after"] for k, v in result.channels.items()},
-            out / "channels.png",
-        )
-        metric = "score" if "score" in result.original else "accuracy"  # a task's evaluate
-        plot_finetune(result.finetune, out / "finetune_curve.png", metric)
-    except Exception as exc:
-        _skipped("plots", exc)
-    try:
-        write_json(out / "report.json", result.report())
-    except Exception as exc:
-        _skipped("report.json", exc)
-    try:
-        plots = [name for name, _ in PLOTS if (out / name).is_file()]
-        write_bytes(out / "report.md", markdown_report(result.report(), plots).encode())
-    except Exception as exc:
-        _skipped("report.md", exc)
-    result.out = out
-
-
-def _skipped(stage: str, exc: Exception) -> None:
-    """A stage after the pruned model was saved failed: say so and go on."""
-    warnings.warn(
-        f"{stage} skipped: {type(exc).__name__}: {exc} (model.safetensors is saved)",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def _first_input(calib: list) -> torch.Tensor:
-    """The model input of the first calibration batch (a tensor, or its first element)."""
-    first = calib[0]
-    return first[0] if isinstance(first, (list, tuple)) else first
-
-
-def _int8(fp32: Path, path: Path, data: DataSplits, log) -> dict:
-    """Quantize ``fp32`` to ``path``, calibrated on training batches, checked on the test set;
-    a model outside the check's tolerance is not kept and the report says why."""
-    from ..deploy.quantize import quantize_checked
-
-    try:
-        res = quantize_checked(
-            fp32,
-            path,
-            (data.train[i] for i in range(len(data.train))),
-            (data.test[i] for i in range(len(data.test))),
-        )
-    except UserError as exc:  # the fp32 model and its timings are still worth having
-        log(f"warning: no INT8 model: {exc}")
-        return {"error": str(exc)}
-    log(res.summary())
-    return {
-        "quantizer": res.quantizer,
-        "calib_samples": res.calib_samples,
-        "agreement": res.agreement,
-        "relative_rms": res.relative_rms,
-        "fp32_test_acc": res.fp32_acc,
-        "int8_test_acc": res.int8_acc,
-    }
 
 
 def _versions() -> dict:

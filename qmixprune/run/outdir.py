@@ -19,29 +19,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import nearest_existing, real, temp_prefix, write_text
+from .outputs import OUTPUTS
 
 MARKER = ".qmixprune-out"  # written into every OUT a run creates: "qmixprune owns this"
 LOCK = ".qmixprune.lock"  # pid and host of the run writing into OUT now
 
-# Every name a run writes into OUT (add new outputs here, or --overwrite will leave them).
-OUTPUTS = (
-    "config.json",
-    "search_config.json",
-    "plan.json",
-    "search_log.jsonl",
-    "search_checkpoint.pt",
-    "distill_checkpoint.pt",
-    "model.safetensors",
-    "model.onnx",
-    "model.engine",
-    "model.int8.onnx",
-    "model.int8.engine",
-    "report.json",
-    "report.md",
-    "channels.png",
-    "reward_curve.png",
-    "finetune_curve.png",
-)
 # Temporary names of our atomic writes (files.atomic_path): a run
 # killed with -9 leaves them behind, and the next run into OUT removes them.
 TEMP_PREFIXES = tuple(temp_prefix(name) for name in (*OUTPUTS, MARKER)) + (".write-test",)

@@ -41,7 +41,7 @@ def config(name: str, **overrides):
     from dataclasses import replace
 
     from ..config import build
-    from .compress import CompressConfig
+    from .config import CompressConfig
 
     return replace(build(CompressConfig, preset(name)), **overrides)
 
@@ -49,7 +49,7 @@ def config(name: str, **overrides):
 def sizes(name: str) -> dict:
     """episodes, max_evaluations, patience and epochs of preset ``name``, defaults filled in."""
     from ..config import build
-    from .compress import CompressConfig
+    from .config import CompressConfig
 
     cfg = build(CompressConfig, preset(name))
     return {

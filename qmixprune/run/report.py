@@ -1,4 +1,5 @@
-"""Outputs of a run: plan.json, report.md and plots (the folder itself: see outdir)."""
+"""What a run says in words and pictures: report.md, plan.json's content and the plots
+(``outputs`` decides the file names and writes them)."""
 
 from __future__ import annotations
 
@@ -57,13 +58,6 @@ def plot_finetune(history: list[dict], path: Path, metric: str = "accuracy") -> 
     )
 
 
-# what report.md embeds, in order: (file in OUT, caption)
-PLOTS = (
-    ("channels.png", "Channels per group, original and pruned"),
-    ("reward_curve.png", "Search reward per episode"),
-    ("finetune_curve.png", "Val accuracy (or the task's score) per distillation epoch"),
-)
-
 ALIGN = 8  # the channel multiple below which widths are called unaligned (see README: Method)
 
 
@@ -91,9 +85,9 @@ def alignment_warning(channels: dict[str, dict], round_to: int | None) -> str | 
     )
 
 
-def markdown_report(report: dict, plots: list[str] | tuple[str, ...] = ()) -> str:
-    """A short human-readable report.md from report.json's fields; ``plots`` names the image
-    files (beside report.md) that it embeds."""
+def markdown_report(report: dict, plots: list[tuple[str, str]] | tuple = ()) -> str:
+    """A short human-readable report.md from report.json's fields; ``plots`` are the image
+    files (beside report.md) that it embeds, each with its caption."""
     o, p = report["original"], report["pruned"]
     lines = [
         "# qmixprune report",
@@ -140,9 +134,8 @@ def markdown_report(report: dict, plots: list[str] | tuple[str, ...] = ()) -> st
             f"| {r['model']} | {r['batch']} | {r['p50_ms']:.3f} | {r['speedup']:.2f}x |"
             for r in report["latency"]["results"]
         ]
-    captions = dict(PLOTS)
-    for name in plots:
-        lines += ["", f"![{captions.get(name, name)}]({name})"]
+    for name, caption in plots:
+        lines += ["", f"![{caption}]({name})"]
     if (report.get("int8") or {}).get("error"):
         lines += ["", f"INT8: none kept ({report['int8']['error']})."]
     elif report.get("int8"):

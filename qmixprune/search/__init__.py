@@ -5,7 +5,7 @@ from .env import EnvConfig, PruningEnv, build_env
 from .evaluator import PlanEvaluator
 from .learner import QLearner, QmixConfig
 from .mixer import QMixer
-from .runner import SearchConfig, SearchResult, search
+from .runner import SearchConfig, SearchFiles, SearchResult, SearchRun, search
 
 __all__ = [
     "BASELINES",
@@ -16,7 +16,9 @@ __all__ = [
     "QMixer",
     "QmixConfig",
     "SearchConfig",
+    "SearchFiles",
     "SearchResult",
+    "SearchRun",
     "build_env",
     "search",
 ]

@@ -109,7 +109,7 @@ def evolutionary(
     def keep(genome: torch.Tensor) -> torch.Tensor:
         if mutation == "gaussian":
             return genome
-        return _keep_after(env, genome)
+        return keep_after(env, genome)
 
     start = env.evaluations
     scored = []
@@ -132,7 +132,7 @@ def evolutionary(
     return BaselineResult(counts, reward, env.evaluations - start)
 
 
-def _keep_after(env: PruningEnv, actions: torch.Tensor) -> torch.Tensor:
+def keep_after(env: PruningEnv, actions: torch.Tensor) -> torch.Tensor:
     """Keep fractions after an episode of ``actions [steps, groups]`` (as ``env.step``
     leaves them: each step removes its share, never below the group's floor)."""
     floor = torch.tensor([env.low[g] / env.graph.group(g).channels for g in env.groups])
@@ -181,7 +181,7 @@ def single_agent(
         last = torch.zeros(1, dtype=torch.long)
         obs_seq, acts = [], []
         for t in range(n + 1):
-            load = env.budget.load(env._counts(keep))
+            load = env.budget.load(env.counts(keep))
             row = env.static[min(t, n - 1)]
             obs = torch.cat([row, torch.tensor([t / n, load, load - 1.0])])[None]
             obs_seq.append(obs)

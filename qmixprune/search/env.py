@@ -44,8 +44,10 @@ class EnvConfig:
     steps: int = 6  # pruning steps per episode
     n_actions: int = 5  # actions per step: remove 0, 1, ... n_actions-1 times action_step
     action_step: float = 0.05  # fraction of a group's channels removed per action unit
-    round_to: int | None = None  # widths kept in multiples; None: 8 (table: its own); 1: exact
-    min_channels: int = 1
+    # kept channels a multiple of this; None: 8 for a FLOPs target, the profiled multiple with
+    # a latency table; 1 keeps exact FLOPs, but unaligned widths run slow
+    round_to: int | None = None
+    min_channels: int = 1  # no group keeps fewer channels
     min_keep: float = 0.05  # floor: fraction of each group's channels that always stays
     importance: str = "l1"  # filter ranking: l1, l2, fpgm, bn_scale or random
     reward_batches: int = 4  # val batches scored per plan (the reward)
@@ -76,6 +78,45 @@ def default_round_to(latency) -> int:
     return latency.multiple if latency is not None else DEFAULT_MULTIPLE
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """What a search may do to a model: its budget, the multiple each group keeps, and
+    each group's floor. Made by ``bounds`` (which refuses a target out of reach)."""
+
+    budget: Budget
+    round_to: int
+    multiple: dict[str, int]
+    low: dict[str, int]
+
+
+def bounds(graph: Graph, cost: CostModel, cfg: EnvConfig, latency=None) -> Bounds:
+    """The search's budget and floors for ``cfg``; one line (``UserError``) when no plan
+    can meet the target, so that a run can refuse it before any long work. ``round_to``
+    None becomes the default multiple, halved (with a warning) when it makes the target
+    unreachable for narrow layers."""
+    cfg.validate()
+    groups = [g.name for g in graph.prunable]
+    if not groups:
+        raise UserError("the model has no prunable channel groups (see `qmixprune analyze`)")
+    budget = Budget(cost, cfg.target_flops, latency, cfg.target_latency)
+    round_to = cfg.round_to
+    if round_to is None:
+        wanted = default_round_to(latency)
+        round_to = reachable_round_to(budget, groups, wanted, cfg.min_channels, cfg.min_keep)
+        if round_to != wanted:
+            why = "the profiled" if latency is not None else "the default"
+            warnings.warn(
+                f"rounding kept channels to multiples of {round_to}, not {why} {wanted}: "
+                f"with multiples of {wanted} the target is out of reach for this model's "
+                "narrow layers",
+                stacklevel=2,
+            )
+    multiple = multiples(graph, groups, round_to)  # grouped convs: periods
+    low = floors(cost, groups, multiple, cfg.min_channels, cfg.min_keep)
+    check_reachable(budget, low)
+    return Bounds(budget, round_to, multiple, low)
+
+
 class PruningEnv:
     """The episode dynamics for one trained model: ``reset``/``step`` drive an episode,
     ``project`` puts its keep fractions on the budget, and ``evaluator`` scores the plan."""
@@ -90,48 +131,36 @@ class PruningEnv:
         score: Score,
         latency=None,
         device: torch.device | None = None,
+        *,
+        limits: Bounds | None = None,
+        rows: list | None = None,
     ) -> None:
-        cfg.validate()
+        """``limits`` (from ``bounds``) and ``rows`` (``flops.measure``'s for ``model``)
+        when the caller has them: nothing is checked or measured twice."""
+        limits = limits if limits is not None else bounds(graph, cost, cfg, latency)
+        cfg = replace(cfg, round_to=limits.round_to)
         self.groups = [g.name for g in graph.prunable]
-        if not self.groups:
-            raise UserError("the model has no prunable channel groups (see `qmixprune analyze`)")
-        self.budget = Budget(cost, cfg.target_flops, latency, cfg.target_latency)
-        if cfg.round_to is None:
-            cfg = replace(cfg, round_to=self._auto_round_to(cfg, latency))
+        self.budget, self.multiple, self.low = limits.budget, limits.multiple, limits.low
         self.model, self.graph, self.cost, self.cfg = model.eval(), graph, cost, cfg
         self.n_agents = len(self.groups)
-        self.multiple = multiples(graph, self.groups, cfg.round_to)  # grouped convs: periods
-        self.low = floors(cost, self.groups, self.multiple, cfg.min_channels, cfg.min_keep)
         self.latency = latency
-        check_reachable(self.budget, self.low)
         self.scores = group_scores(model, graph.prunable, cfg.importance)
         self.ranking = ranks(model, graph.prunable, cfg.importance, self.scores)
         device = module_device(model) if device is None else device
         self.evaluator = PlanEvaluator(
             model, graph, self.ranking, calib, score, device, cfg.adaptive_bn, cfg.channels_last
         )
-        self.static = self._static_features()
+        self.static = self._static_features(rows)
         self.obs_dim = self.static.shape[1] + 3 + N_GLOBAL
         self.state_dim = self.n_agents * self.obs_dim + N_GLOBAL
 
-    def _auto_round_to(self, cfg: EnvConfig, latency) -> int:
-        wanted = default_round_to(latency)
-        got = reachable_round_to(self.budget, self.groups, wanted, cfg.min_channels, cfg.min_keep)
-        if got != wanted:
-            why = "the profiled" if latency is not None else "the default"
-            warnings.warn(
-                f"rounding kept channels to multiples of {got}, not {why} {wanted}: "
-                f"with multiples of {wanted} the target is out of reach for this model's "
-                "narrow layers",
-                stacklevel=3,
-            )
-        return got
-
     # -- features ------------------------------------------------------------------------
-    def _static_features(self) -> torch.Tensor:
+    def _static_features(self, rows: list | None = None) -> torch.Tensor:
         modules = dict(self.model.named_modules())
-        x = torch.zeros(1, *self.graph.input_shape, device=module_device(self.model))
-        rows = {r.name: r for r in layer_table(self.model, x)}
+        if rows is None:
+            x = torch.zeros(1, *self.graph.input_shape, device=module_device(self.model))
+            rows = layer_table(self.model, x)
+        rows = {r.name: r for r in rows}
         macs = self.cost.group_macs()
         lat = self.latency.group_shares() if self.latency is not None else {}
         total_params = sum(p.numel() for p in self.model.parameters())
@@ -169,14 +198,15 @@ class PruningEnv:
 
     def observe(self, keep: torch.Tensor, last: torch.Tensor, t: int):
         """Per-agent observations ``[N, obs_dim]`` and the global state ``[state_dim]``."""
-        load = self.budget.load(self._counts(keep))
+        load = self.budget.load(self.counts(keep))
         glob = torch.tensor([t / self.cfg.steps, load, self.budget.parts[0][2], load - 1.0])
         left = torch.full_like(keep, (self.cfg.steps - t) / self.cfg.steps)
         own = torch.stack([keep, last.float() / (self.cfg.n_actions - 1), left], 1)
         obs = torch.cat([self.static, own, glob.expand(self.n_agents, -1)], 1)
         return obs, torch.cat([obs.reshape(-1), glob])
 
-    def _counts(self, keep: torch.Tensor) -> dict[str, int]:
+    def counts(self, keep: torch.Tensor) -> dict[str, int]:
+        """Keep fractions as channel counts, each at least its group's floor."""
         return {
             g: max(self.low[g], int(round(float(k) * self.graph.group(g).channels)))
             for g, k in zip(self.groups, keep)
@@ -246,6 +276,7 @@ def build_env(
     score: Score | None = None,
     calib: Iterable | None = None,
     batch_size: int = 64,
+    measured: Measured | None = None,
 ) -> PruningEnv:
     """An environment for ``model`` on ``data`` (a ``DataSplits``).
 
@@ -255,8 +286,9 @@ def build_env(
     candidate; default: accuracy (or -loss) on ``cfg.reward_batches`` fixed batches of
     ``data.val``. ``data`` may be None when both are given. ``device`` (default: the model's)
     is where those batches are moved, once, and where candidates are evaluated.
+    ``measured``: the model's analysis, costs and bounds when the caller has made them
+    (``measure``); else they are made here.
     """
-    from ..graph import analyze
     from ..train import loader
 
     if data is None and (score is None or calib is None):
@@ -271,13 +303,50 @@ def build_env(
         if not val:
             raise UserError("the data set is empty: no validation batches for the reward")
         score = val_score(val, cfg.reward)
-    shape = data.input_shape if data is not None else tuple(calib[0].shape[1:])
-    x = torch.zeros(1, *shape, device=module_device(model))  # analysis runs where the model is
+    if measured is None:
+        shape = data.input_shape if data is not None else tuple(calib[0].shape[1:])
+        measured = measure(model, shape, cfg, latency_table)
+    return PruningEnv(
+        model,
+        measured.graph,
+        measured.cost,
+        cfg,
+        calib,
+        score,
+        measured.latency,
+        device,
+        limits=measured.bounds,
+        rows=measured.rows,
+    )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A model as the search sees it, measured once: its layers (``flops.measure``), its
+    channel graph, the costs of plans and the search's bounds."""
+
+    rows: list
+    graph: Graph
+    cost: CostModel
+    latency: object | None  # a LatencyModel when the budget includes measured latency
+    bounds: Bounds
+
+
+def measure(
+    model: nn.Module, input_shape, cfg: EnvConfig, latency_table: dict | None = None, rows=None
+) -> Measured:
+    """Analyse ``model`` (where it is) for a search with ``cfg``; ``rows`` when the caller
+    has run ``flops.measure`` already. Refuses (one line) a target out of reach."""
+    from ..graph import analyze
+
+    x = torch.zeros(1, *input_shape, device=module_device(model))
+    if rows is None:
+        rows = layer_table(model, x)
     graph = analyze(model, x)
-    cost = CostModel(model, graph, x)
+    cost = CostModel(model, graph, x, rows)
     latency = None
     if latency_table is not None:
         from ..latency import LatencyModel
 
         latency = LatencyModel(latency_table, cost)
-    return PruningEnv(model, graph, cost, cfg, calib, score, latency, device)
+    return Measured(rows, graph, cost, latency, bounds(graph, cost, cfg, latency))

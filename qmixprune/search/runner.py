@@ -22,7 +22,6 @@ from .buffer import EpisodeBuffer
 from .env import EnvConfig, PruningEnv
 from .learner import QLearner, QmixConfig
 
-CHECKPOINT = "search_checkpoint.pt"
 # measured by benchmarks/patience.py on a setting the search benchmark does not report (README):
 # the smallest of 20-100 that lost no val reward against the full 200 evaluations on any of
 # its 3 seeds (40 lost up to 1.05 points), spending 124 evaluations on average
@@ -56,7 +55,16 @@ class SearchResult:
     early_stop: dict | None = None
 
 
-class _Run:
+@dataclass(frozen=True)
+class SearchFiles:
+    """Where a search keeps its record: the checkpoint it resumes from and its log (one
+    JSON line per episode). The run that owns the folder names them (``run.outputs``)."""
+
+    checkpoint: Path
+    log: Path
+
+
+class SearchRun:
     """Mutable state of one search; everything in it is checkpointed."""
 
     def __init__(self, env: PruningEnv, cfg: SearchConfig) -> None:
@@ -177,7 +185,7 @@ class _Run:
 
 
 def _learn_and_log(
-    run: _Run, episode: dict, counts: dict, reward: float, eps: float, start: float
+    run: SearchRun, episode: dict, counts: dict, reward: float, eps: float, start: float
 ) -> dict:
     """Store one finished episode, track the best plan, train the learner, log."""
     env, q = run.env, run.cfg.qmix
@@ -214,16 +222,17 @@ def _learn_and_log(
 def search(
     env: PruningEnv,
     cfg: SearchConfig,
-    out_dir: str | Path | None = None,
+    files: SearchFiles | None = None,
     resume: bool = False,
     on_episode: Callable[[dict], None] | None = None,
 ) -> SearchResult:
-    """Run the QMIX search; with ``out_dir``, log to ``search_log.jsonl`` and checkpoint."""
-    run = _Run(env, cfg)
-    ckpt = Path(out_dir) / CHECKPOINT if out_dir else None
+    """Run the QMIX search; with ``files``, log every episode and checkpoint (``resume``
+    continues from that checkpoint)."""
+    run = SearchRun(env, cfg)
+    ckpt = files.checkpoint if files is not None else None
     if resume:
         if ckpt is None or not ckpt.is_file():
-            raise UserError(f"nothing to resume: no {CHECKPOINT} in {out_dir}")
+            raise UserError(f"nothing to resume: no search checkpoint {ckpt}")
         try:
             run.load_state_dict(torch.load(ckpt, weights_only=True))
         except (RuntimeError, KeyError, ValueError) as exc:
@@ -232,10 +241,8 @@ def search(
         raise UserError(f"envs must be >= 1, got {cfg.envs}")
     if cfg.patience < 0:
         raise UserError(f"patience must be >= 0 (0 = never stop early), got {cfg.patience}")
-    if ckpt is not None and is_main():  # the log holds exactly the checkpointed episodes
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        lines = "".join(json.dumps(e) + "\n" for e in run.log)
-        write_bytes(ckpt.parent / "search_log.jsonl", lines.encode())
+    if files is not None and is_main():  # the log holds exactly the checkpointed episodes
+        write_bytes(files.log, "".join(json.dumps(e) + "\n" for e in run.log).encode())
     start = time.perf_counter() - run.seconds
     q = cfg.qmix
     deferred = not env.cfg.step_reward  # terminal rewards are scored in one batch
@@ -262,8 +269,8 @@ def search(
             entries[-1]["early_stop"] = stop
             run.early_stop = {"episode": run.episode, "evaluations": env.evaluations, **stop}
         for entry in entries:
-            if ckpt is not None and is_main():
-                with open(ckpt.parent / "search_log.jsonl", "a") as f:
+            if files is not None and is_main():
+                with open(files.log, "a") as f:
                     f.write(json.dumps(entry) + "\n")
             if on_episode is not None:
                 on_episode(entry)
