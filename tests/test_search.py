@@ -13,6 +13,7 @@ from qmixprune.search import (
     QmixConfig,
     QMixer,
     SearchConfig,
+    SearchFiles,
     build_env,
     search,
 )
@@ -95,7 +96,7 @@ def test_search_is_reproducible_and_resumable(env_parts, tmp_path):
         checkpoint_every=4,
         qmix=QmixConfig(warmup=4, epsilon_anneal=6, batch_size=4),
     )
-    full = search(make_env(env_parts), cfg, tmp_path / "a")
+    full = search(make_env(env_parts), cfg, _files(tmp_path / "a"))
     again = search(make_env(env_parts), cfg)
     assert full.counts == again.counts and [e["reward"] for e in full.log] == [
         e["reward"] for e in again.log
@@ -109,14 +110,14 @@ def test_search_is_reproducible_and_resumable(env_parts, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        search(make_env(env_parts), cfg, tmp_path / "b", on_episode=kill_at_10)
-    resumed = search(make_env(env_parts), cfg, tmp_path / "b", resume=True)
+        search(make_env(env_parts), cfg, _files(tmp_path / "b"), on_episode=kill_at_10)
+    resumed = search(make_env(env_parts), cfg, _files(tmp_path / "b"), resume=True)
     assert resumed.counts == full.counts and resumed.reward == full.reward
     assert [e["reward"] for e in resumed.log] == [e["reward"] for e in full.log]
     lines = (tmp_path / "b" / "search_log.jsonl").read_text().splitlines()
     assert [json.loads(x)["episode"] for x in lines] == list(range(1, 13))
     with pytest.raises(UserError, match="another configuration"):
-        search(make_env(env_parts), SearchConfig(episodes=13, seed=3), tmp_path / "b", resume=True)
+        search(make_env(env_parts), SearchConfig(episodes=13, seed=3), _files(tmp_path / "b"), True)
 
 
 def test_env_rejects_bad_config(env_parts):
@@ -272,13 +273,13 @@ def test_patience_stops_early_says_when_and_resumes(tmp_path):
         calib=env.evaluator.calib,
     )
     cfg = SearchConfig(episodes=40, seed=1, patience=5, checkpoint_every=100)
-    res = search(flat, cfg, tmp_path)
+    res = search(flat, cfg, _files(tmp_path))
     assert res.early_stop is not None and res.episodes < 40
     assert res.early_stop["evaluations"] - res.early_stop["best_evaluation"] >= 5
     assert res.early_stop["episode"] == res.episodes == len(res.log)
     lines = [json.loads(x) for x in (tmp_path / "search_log.jsonl").read_text().splitlines()]
     assert lines[-1]["early_stop"]["patience"] == 5 and "early_stop" not in lines[0]
-    again = search(flat, cfg, tmp_path, resume=True)  # a stopped run stays stopped
+    again = search(flat, cfg, _files(tmp_path), resume=True)  # a stopped run stays stopped
     assert again.episodes == res.episodes and again.early_stop == res.early_stop
     with pytest.raises(UserError, match="patience"):
         search(flat, replace(cfg, patience=-1))
@@ -348,3 +349,8 @@ def test_channels_last_scoring_matches_the_default_layout_and_falls_back():
     assert not env.evaluator.channels_last
     ref = build_env(model, None, replace(cfg, channels_last=False), score=score, calib=batches)
     assert reward == ref.evaluate(counts)
+
+
+def _files(folder):
+    """The checkpoint and log of a search kept in ``folder`` (as a run's OUT keeps them)."""
+    return SearchFiles(folder / "search_checkpoint.pt", folder / "search_log.jsonl")
