@@ -1,9 +1,9 @@
 """Every config key, listed from the config dataclasses themselves.
 
-``python -m qmixprune.configdoc --write README.md`` rewrites the table between the marker
-comments in the README; ``--check README.md`` exits 1 when the README is out of date (a test
-runs it). A key's meaning is the comment on its field's line in the dataclass source (or
-the line above it), so a new field documents itself where it is declared.
+``python -m qmixprune.configdoc --write docs/reference.md`` rewrites the tables between the
+marker comments of the reference page; ``--check docs/reference.md`` exits 1 when the page is
+out of date (a test runs it). A key's meaning is the comment on its field's line in the
+dataclass source (or the line above it), so a new field documents itself where it is declared.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from .config import field_comments
 
-START = "<!-- config-keys:start (python -m qmixprune.configdoc --write README.md) -->"
+START = "<!-- config-keys:start (python -m qmixprune.configdoc --write docs/reference.md) -->"
 END = "<!-- config-keys:end -->"
-# optional second block: the sizes of compress --preset (qmixprune/presets.py)
-PRESETS_START = "<!-- presets:start (python -m qmixprune.configdoc --write README.md) -->"
+# optional second block: the sizes of compress --preset (qmixprune/run/presets.py)
+PRESETS_START = "<!-- presets:start (python -m qmixprune.configdoc --write docs/reference.md) -->"
 PRESETS_END = "<!-- presets:end -->"
 
 

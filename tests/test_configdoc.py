@@ -6,17 +6,21 @@ import pytest
 from qmixprune import configdoc
 from qmixprune.run.config import CompressConfig
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 
 
-def test_readme_lists_every_config_key():
-    text = README.read_text()
+def test_reference_lists_every_config_key_and_preset():
+    text = REFERENCE.read_text()
+    # both generated blocks live there: a missing presets block would go unchecked
+    assert configdoc.PRESETS_START in text and configdoc.PRESETS_END in text
     assert configdoc.render(text) == text, (
-        "README.md is out of date: run python -m qmixprune.configdoc --write README.md"
+        "docs/reference.md is out of date: run python -m qmixprune.configdoc --write "
+        "docs/reference.md"
     )
     keys = {r[0] for r in configdoc.rows(CompressConfig)}
     assert {"target_flops", "search.episodes", "search.env.round_to", "distill.alpha"} <= keys
     assert all(f"| `{k}` |" in text for k in keys)
+    assert all(f"| `{name}` |" in text for name in ("quick", "default", "thorough"))
 
 
 def test_comments_document_fields_and_nested_keys_flatten():
