@@ -155,7 +155,7 @@ def targeted_dropout(model: nn.Module, p: float, fraction: float, gen: torch.Gen
                 return out
             # L1 norms as L1 pruning ranks them (ops.filter_norms), summed here in float32 by
             # torch: the native kernel's summation order flips near-ties, and one flipped mask
-            # trains another teacher than the one the README's benchmarks measured
+            # trains another teacher than the one docs/benchmarks.md measured
             low = conv.weight.detach().abs().flatten(1).sum(1).argsort()[:k]
             mask = torch.ones(out.shape[:2], device=out.device, dtype=out.dtype)
             mask[:, low] = (torch.rand(out.shape[0], k, generator=gen) >= p).to(out)

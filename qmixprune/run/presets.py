@@ -2,7 +2,7 @@
 
 A preset is a layer of config values between the dataclass defaults and a ``--config``
 file (flags override both): defaults <- preset <- config file <- flags. ``default`` adds
-nothing. Times measured on 2 CPU cores are in the README.
+nothing. Times measured on 2 CPU cores are in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def plot_finetune(history: list[dict], path: Path, metric: str = "accuracy") -> 
     )
 
 
-ALIGN = 8  # the channel multiple below which widths are called unaligned (see README: Method)
+ALIGN = 8  # the channel multiple below which widths are called unaligned (see docs/method.md)
 
 
 def unaligned(channels: dict[str, dict], multiple: int = ALIGN) -> list[str]:
