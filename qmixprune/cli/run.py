@@ -56,8 +56,8 @@ def add_arguments(command: str, sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--preset",
             choices=PRESET_CHOICES,
-            help="run size (episodes / patience / epochs; docs/reference.md: presets); --config and flags "
-            "override it (default: default)",
+            help="run size (episodes / patience / epochs; docs/reference.md: presets); --config "
+            "and flags override it (default: default)",
         )
 
 

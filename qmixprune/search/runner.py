@@ -22,7 +22,8 @@ from .buffer import EpisodeBuffer
 from .env import EnvConfig, PruningEnv
 from .learner import QLearner, QmixConfig
 
-# measured by benchmarks/patience.py on a setting the search benchmark does not report (docs/benchmarks.md):
+# measured by benchmarks/patience.py on a setting the search benchmark does not report
+# (docs/benchmarks.md):
 # the smallest of 20-100 that lost no val reward against the full 200 evaluations on any of
 # its 3 seeds (40 lost up to 1.05 points), spending 124 evaluations on average
 PATIENCE = 50
