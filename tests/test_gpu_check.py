@@ -46,3 +46,28 @@ def test_bad_device_exits_2(gpu_check, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main(["--device", "cuda", "--json", str(tmp_path / "r.json")]) == 2
     assert not (tmp_path / "r.json").exists()
+
+
+def test_distill_row_checks_the_trained_copy_not_the_winner(gpu_check):
+    """distill returns the incoming student when no epoch beats it on val: the row must
+    still pass when an epoch trained, and fail when nothing trained."""
+    import torch
+
+    student = torch.nn.Linear(2, 2)
+    before = [p.detach().clone() for p in student.parameters()]
+    hook = gpu_check._trained(student)
+    with torch.no_grad():
+        student.weight.add_(1.0)  # the epoch's update
+    hook({"epoch": 1})
+    with torch.no_grad():
+        student.weight.copy_(before[0])  # distill put the incoming (better on val) weights back
+    hist = [{"loss": 0.5}]
+    gpu_check._assert_trained(student, before, hist, torch.device("cpu"), hook)
+
+    idle = gpu_check._trained(student)
+    idle({"epoch": 1})  # an epoch that changed nothing
+    with pytest.raises(AssertionError, match="no update"):
+        gpu_check._assert_trained(student, before, hist, torch.device("cpu"), idle)
+    with pytest.raises(AssertionError, match="loss"):
+        nan = [{"loss": float("nan")}]
+        gpu_check._assert_trained(student, before, nan, torch.device("cpu"), hook)
