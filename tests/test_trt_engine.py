@@ -269,6 +269,7 @@ def test_runtime_timing_loop_checks_shapes_and_reports_the_batch_run(tmp_path, m
     for name, mod in modules.items():
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setattr(tensorrt, "_trtexec", lambda: None)
+    monkeypatch.setattr(tensorrt, "_preload_cudart", lambda: None)  # no libcudart in CI
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine")  # no sidecar: the engine's own profile is read
     if not accept:
@@ -301,3 +302,102 @@ def test_export_tensorrt_int8_quantizes_for_tensorrt(tmp_path, capsys, monkeypat
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
     zero = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     assert zero and all(z.dtype == np.int8 and not z.any() for z in zero)  # what TRT reads
+
+
+def test_profile_engines_export_a_copy_not_the_users_model(monkeypatch):
+    """Issue 24 (1): exporting ``m.eval().cpu()`` moved the user's own model (the first in the
+    list) off its device and out of its mode; the next forward fed it a CUDA input."""
+    from qmixprune.deploy.profile import engine_timer
+
+    monkeypatch.setattr(tensorrt, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    monkeypatch.setattr(tensorrt, "target", lambda run=None, trtexec=None: {"gpu": "fake"})
+    model = torch.nn.Conv2d(4, 8, 3, padding=1).train()
+    exported = []
+    real_export = torch.onnx.export
+    monkeypatch.setattr(
+        torch.onnx, "export", lambda m, *a, **k: exported.append(m) or real_export(m, *a, **k)
+    )
+    engine_timer("fp32", runs=5, run=FakeTrtexec())([model], (2, 4, 8, 8))
+    assert exported and exported[0] is not model
+    assert model.training  # untouched
+
+
+class Fail:
+    """trtexec failing with its error on stderr (where trtexec prints [E] lines)."""
+
+    def __init__(self, on: str, code: int = 1):
+        self.on, self.code, self.inner = on, code, FakeTrtexec()
+
+    def __call__(self, argv, **kw):
+        assert kw.get("capture_output") or kw.get("stderr") is not None, "stderr not captured"
+        if any(a.startswith(self.on) for a in argv):
+            err = "[E] Error[1]: [cudaDriverApi] no CUDA-capable device is detected\n"
+            return subprocess.CompletedProcess(argv, self.code, "&&&& FAILED\n", err)
+        return self.inner(argv, **kw)
+
+
+def test_trtexec_failures_name_stderr_and_exit_code(onnx_files, tmp_path, monkeypatch):
+    """Issue 24 (8): stderr was never read and the timing run's exit code was ignored."""
+    monkeypatch.setattr(tensorrt, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    monkeypatch.setattr(tensorrt, "target", lambda run=None, trtexec=None: {"gpu": "fake"})
+    onnx = onnx_files / "dyn.onnx"
+    with pytest.raises(UserError, match="exit code 1.*no CUDA-capable device"):
+        tensorrt.build_engine(onnx, tmp_path / "a.engine", "fp32", run=Fail("--saveEngine"))
+    engine = tensorrt.build_engine(onnx, tmp_path / "b.engine", "fp32", run=FakeTrtexec())
+    with pytest.raises(UserError, match="exit code 1.*no CUDA-capable device"):
+        tensorrt.time_engine(engine, batch=1, runs=5, run=Fail("--loadEngine"))
+
+
+def test_engine_cache_key_holds_tensorrt_gpu_and_capability(onnx_files, tmp_path, monkeypatch):
+    """Issue 24 (7): an engine built on one GPU or TensorRT is not reused on another."""
+    monkeypatch.setattr(tensorrt, "_trtexec", lambda: "/opt/trt/bin/trtexec")
+    here = {"tensorrt": "10.3.0", "gpu": "NVIDIA A100", "capability": "8.0"}
+    monkeypatch.setattr(tensorrt, "target", lambda run=None, trtexec=None: dict(here))
+    fake = FakeTrtexec()
+    onnx = onnx_files / "dyn.onnx"
+
+    def builds():
+        return len([c for c in fake.calls if any(a.startswith("--saveEngine") for a in c)])
+
+    engine = tensorrt.build_engine(onnx, tmp_path / "m.engine", "fp32", run=fake)
+    tensorrt.build_engine(onnx, engine, "fp32", run=fake)
+    assert builds() == 1  # same target: kept
+    for key, value in (("gpu", "NVIDIA H100"), ("capability", "9.0"), ("tensorrt", "10.8.0")):
+        here[key] = value
+        tensorrt.build_engine(onnx, engine, "fp32", run=fake)
+    assert builds() == 4
+    meta = json.loads((tmp_path / "m.engine.json").read_text())
+    assert meta["target"] == here
+
+
+def test_target_reads_trtexec_and_nvidia_smi():
+    def fake(argv, **kw):
+        if argv[0] == "nvidia-smi":
+            return subprocess.CompletedProcess(argv, 0, "NVIDIA H100 80GB HBM3, 9.0\n", "")
+        out = "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help\n"
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    t = tensorrt.target(fake, trtexec="/opt/trt/bin/trtexec")
+    assert t == {"tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0"}
+
+
+def test_trtexec_and_cudart_are_looked_for_where_jetson_and_pip_put_them(tmp_path, monkeypatch):
+    """Issue 24 (9): JetPack's trtexec is in /usr/src/tensorrt/bin, off PATH; libcudart comes
+    from pip's nvidia packages or JetPack's CUDA; the error names the places looked."""
+    monkeypatch.setattr(tensorrt.shutil, "which", lambda name: None)
+    jetson = tmp_path / "usr/src/tensorrt/bin"
+    jetson.mkdir(parents=True)
+    (jetson / "trtexec").write_text("")
+    (jetson / "trtexec").chmod(0o755)
+    monkeypatch.setattr(tensorrt, "TRTEXEC_DIRS", (str(jetson),))
+    assert tensorrt._trtexec() == str(jetson / "trtexec")
+    pip_lib = tmp_path / "site/nvidia/cuda_runtime/lib"
+    pip_lib.mkdir(parents=True)
+    assert "/usr/local/cuda/targets/aarch64-linux/lib" in tensorrt.CUDART_DIRS
+    monkeypatch.setattr(tensorrt, "CUDART_DIRS", (str(tmp_path / "jetpack"),))
+    dirs = tensorrt.cudart_dirs([str(tmp_path / "site")], env={})
+    assert dirs == [str(pip_lib), str(tmp_path / "jetpack")]
+    with pytest.raises(UserError, match="libcudart.*looked in.*nvidia/cuda_runtime/lib"):
+        tensorrt.find_cudart([str(tmp_path / "site")], env={})
+    (pip_lib / "libcudart.so.12").write_bytes(b"")
+    assert tensorrt.find_cudart([str(tmp_path / "site")], env={}) == pip_lib / "libcudart.so.12"

@@ -10,6 +10,7 @@ engines for a Jetson), so the choice can be tested on fixed timings.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -98,8 +99,9 @@ def engine_timer(precision: str = "fp16", runs: int = 20, run=None) -> Timer:
                 path = Path(d) / f"m{i}.onnx"
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
+                    # a copy: the first module is the user's own, still in use on its device
                     torch.onnx.export(
-                        m.eval().cpu(),
+                        copy.deepcopy(m).eval().cpu(),
                         (torch.randn(*shape),),
                         str(path),
                         dynamo=False,

@@ -18,11 +18,14 @@ handling, ONNX preparation and parsing of a synthetic trtexec log.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,6 +43,20 @@ INSTALL_HINT = (
 )
 PRECISIONS = ("fp32", "fp16", "int8")
 TESTED_MAJORS = (10, 11)  # the [tensorrt] extra pins the same range
+# JetPack installs trtexec here, off PATH; the tarball and deb packages of x86 put it on PATH
+# or in /usr/src/tensorrt/bin too
+TRTEXEC_DIRS = ("/usr/src/tensorrt/bin", "/usr/local/tensorrt/bin", "/opt/tensorrt/bin")
+# where libcudart lives when not on the loader's path: the toolkit (x86 and JetPack's
+# aarch64 targets), JetPack's system libraries
+CUDART_DIRS = (
+    "/usr/local/cuda/lib64",
+    "/usr/local/cuda/targets/x86_64-linux/lib",
+    "/usr/local/cuda/targets/aarch64-linux/lib",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu/tegra",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/local/cuda-*/lib64",
+)
 
 
 def available() -> bool:
@@ -69,7 +86,110 @@ def _trt():
 
 
 def _trtexec() -> str | None:
-    return shutil.which("trtexec")
+    """trtexec on PATH, else in the places JetPack and the TensorRT packages put it."""
+    found = shutil.which("trtexec")
+    if found:
+        return found
+    for d in TRTEXEC_DIRS:
+        path = Path(d, "trtexec")
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+def cudart_dirs(site_dirs: list[str] | None = None, env: dict | None = None) -> list[str]:
+    """Folders that may hold libcudart, in the order they are searched: CUDA_HOME's, pip's
+    ``nvidia`` packages (``nvidia/cuda_runtime/lib`` for CUDA 12, ``nvidia/cu13/lib`` for 13),
+    then the toolkit's and JetPack's fixed places."""
+    env = os.environ if env is None else env
+    site_dirs = sys.path if site_dirs is None else site_dirs
+    dirs = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if env.get(var):
+            dirs += [f"{env[var]}/lib64", f"{env[var]}/lib"]
+    dirs += [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    for site in site_dirs:
+        dirs += sorted(glob.glob(f"{site}/nvidia/*/lib"))
+    for d in CUDART_DIRS:
+        dirs += sorted(glob.glob(d)) if "*" in d else [d]
+    return list(dict.fromkeys(dirs))
+
+
+def find_cudart(site_dirs: list[str] | None = None, env: dict | None = None) -> Path:
+    """libcudart's path, or a UserError naming every folder looked in."""
+    dirs = cudart_dirs(site_dirs, env)
+    for d in dirs:
+        hits = sorted(glob.glob(f"{d}/libcudart.so*"))
+        if hits:
+            return Path(hits[0])
+    raise UserError(
+        "timing an engine without trtexec needs libcudart (the CUDA runtime), not found; "
+        f"looked in {', '.join(dirs)}: install the CUDA toolkit or `pip install "
+        "nvidia-cuda-runtime-cu12`, or put trtexec on PATH"
+    )
+
+
+def _preload_cudart() -> None:
+    """Make libcudart findable by polygraphy's CUDA wrapper, which looks only on a few fixed
+    paths and the loader's: load it globally by its full path and put its folder first on
+    LD_LIBRARY_PATH (read by the wrapper's own search)."""
+    import ctypes
+
+    path = find_cudart()
+    ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    old = os.environ.get("LD_LIBRARY_PATH", "")
+    if str(path.parent) not in old.split(os.pathsep):
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(path.parent), old) if p)
+
+
+def target(run=subprocess.run, trtexec: str | None = None) -> dict:
+    """What an engine is built for and only runs on: TensorRT's version, the GPU's name and
+    compute capability (an engine from another GPU or TensorRT fails to load, or runs tactics
+    picked for another chip). Unknown parts are "?"."""
+    version = "?"
+    trt = _import_trt()
+    if trt is not None:
+        version = str(trt.__version__)
+    elif trtexec:
+        try:
+            res = run([trtexec, "--help"], capture_output=True, text=True)
+            m = re.search(r"TensorRT v(\d+)", (res.stdout or "") + (res.stderr or ""))
+            if m:  # v100300 is 10.3.0; v8601 (8.x) is 8.6.1
+                v = m.group(1)
+                major, rest = (v[:-4], v[-4:]) if len(v) > 4 else (v[0], v[1:].rjust(4, "0"))
+                version = f"{int(major)}.{int(rest[:2])}.{int(rest[2:])}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    gpu, capability = "?", "?"
+    try:
+        q = ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"]
+        res = run(q, capture_output=True, text=True, timeout=10)
+        line = (res.stdout or "").strip().splitlines()
+        if res.returncode == 0 and line and "," in line[0]:
+            gpu, capability = (v.strip() for v in line[0].rsplit(",", 1))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if gpu == "?" and "torch" in sys.modules:  # Jetson has no nvidia-smi; torch may know
+        torch = sys.modules["torch"]
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name()
+            capability = ".".join(map(str, torch.cuda.get_device_capability()))
+    return {"tensorrt": version, "gpu": gpu, "capability": capability}
+
+
+def run_trtexec(run, argv: list[str], what: str) -> subprocess.CompletedProcess:
+    """Run trtexec, refusing a failed run with its exit code and its error lines (trtexec
+    prints them on stderr, and its summary on stdout)."""
+    res = run(argv, capture_output=True, text=True)
+    if res.returncode != 0:
+        text = (res.stderr or "") + "\n" + (res.stdout or "")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "[E]" in ln] or lines[-3:]
+        raise UserError(
+            f"trtexec could not {what} (exit code {res.returncode}): "
+            + (" | ".join(errors[-3:]) or "no output")
+        )
+    return res
 
 
 @dataclass(frozen=True)
@@ -162,10 +282,18 @@ def build_settings(info: OnnxInput, precision: str, has_fp16_flag: bool) -> dict
     return {"strongly_typed": True, "flags": []}
 
 
-def content_key(onnx_path: str | Path, precision: str, profile: BatchProfile, tool: str) -> str:
-    """Hash of the model's bytes and the build settings: what an engine is reused for."""
+def content_key(
+    onnx_path: str | Path,
+    precision: str,
+    profile: BatchProfile,
+    tool: str,
+    where: dict | None = None,
+) -> str:
+    """Hash of the model's bytes, the build settings and the ``target`` (TensorRT version,
+    GPU, compute capability): what an engine is reused for."""
     h = hashlib.sha256(Path(onnx_path).read_bytes())
-    h.update(json.dumps([precision, [profile.min, profile.opt, profile.max], tool]).encode())
+    settings = [precision, [profile.min, profile.opt, profile.max], tool, where or {}]
+    h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -286,7 +414,8 @@ def build_engine(
         has_fp16 = hasattr(trt.BuilderFlag, "FP16")
     settings = build_settings(info, precision, has_fp16)
     tool = "trtexec" if trtexec else f"tensorrt-{trt.__version__}"
-    key = content_key(onnx_path, precision, profile, tool)
+    where = target(run, trtexec)
+    key = content_key(onnx_path, precision, profile, tool, where)
     meta_path = _sidecar(engine_path)
     if engine_path.is_file() and meta_path.is_file():
         try:
@@ -299,13 +428,7 @@ def build_engine(
             args = trtexec_build_args(
                 onnx_path, tmp, info, profile, settings, int(workspace_gb * 1024)
             )
-            res = run([trtexec, *args[1:]], capture_output=True, text=True)
-            if res.returncode != 0:
-                errors = [ln for ln in res.stdout.splitlines() if "[E]" in ln]
-                raise UserError(
-                    f"trtexec could not build an engine from {onnx_path}: "
-                    + (errors[-1] if errors else f"exit code {res.returncode}")
-                )
+            run_trtexec(run, [trtexec, *args[1:]], f"build an engine from {onnx_path}")
         else:
             tmp.write_bytes(_build_python(trt, onnx_path, info, profile, settings, workspace_gb))
     meta = {
@@ -317,6 +440,7 @@ def build_engine(
         "shape": list(info.shape),
         "strongly_typed": settings["strongly_typed"],
         "tool": tool,
+        "target": where,
     }
     write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     return engine_path
@@ -372,13 +496,14 @@ def time_engine(
         args = trtexec_time_args(
             engine_path, meta["input"], meta["shape"], batch, runs, max(10 * warmup, 200)
         )
-        res = run([trtexec, *args[1:]], capture_output=True, text=True)
+        res = run_trtexec(run, [trtexec, *args[1:]], f"time {engine_path}")
         return stats_from_trtexec(parse_trtexec(res.stdout), batch)
     return _time_python(engine_path, batch, runs, warmup)
 
 
 def _time_python(engine_path: Path, batch: int, runs: int, warmup: int) -> dict:
     trt = _trt()
+    _preload_cudart()
     try:
         from polygraphy import cuda
         from polygraphy.datatype import DataType
