@@ -54,9 +54,32 @@ def _load_cuda() -> str | None:
         from . import _C_cuda  # noqa: F401  (registers the CUDA kernels of the ops _C defined)
     except Exception as exc:  # ImportError; RuntimeError if its kernels were registered twice
         reason = f"qmixprune._C_cuda: {_first_line(exc, 'not built')}"
-    if torch._C._dispatch_has_kernel_for_dispatch_key("qmixprune::filter_norms", "CUDA"):
-        return None  # (an older single-extension build registers them from _C)
-    return reason or "the CUDA extension registered no kernels"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("qmixprune::filter_norms", "CUDA"):
+        return reason or "the CUDA extension registered no kernels"
+    # (an older single-extension build registers them from _C)
+    reason = _probe_cuda()
+    if reason is not None:
+        warnings.warn(f"qmixprune: {reason}; using the PyTorch reference path", stacklevel=3)
+    return reason
+
+
+def _probe_cuda() -> str | None:
+    """None when one tiny kernel launch runs on the visible GPU (or none is visible: there is
+    nothing to run on); else why not. Kernels built for other architectures load fine and
+    fail only at launch ("no kernel image is available for execution on the device")."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        torch.ops.qmixprune.filter_norms([torch.ones(2, 3, device="cuda")], 1)
+        torch.cuda.synchronize()
+    except Exception as exc:
+        return (
+            f"qmixprune._C_cuda cannot run on this GPU ({_first_line(exc, 'launch failed')}): "
+            "rebuild it with TORCH_CUDA_ARCH_LIST set to this GPU's compute capability"
+        )
+    return None
 
 
 def available(device: str = "cpu") -> bool:

@@ -91,3 +91,18 @@ def test_compress_on_the_gpu_records_the_device(cuda, tmp_path):
     res = compress(create("vgg16", width=0.125), load_data("digits"), 0.5, cfg, out, quiet=True)
     assert res.device == str(cuda) and next(res.model.parameters()).device == cuda
     assert json.loads((out / "report.json").read_text())["device"] == str(cuda)
+
+
+def test_fpgm_unharmed_by_tf32(cuda):
+    """Issue 24 (11): with TF32 matmuls allowed the native FPGM stays at float64 accuracy."""
+    if not native.cuda_built():
+        pytest.skip(f"CUDA kernels not built: {native.why_not('cuda')}")
+    w = torch.randn(256, 64, 3, 3, generator=torch.Generator().manual_seed(0)).to(cuda)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        (a,) = ops.fpgm([w], True)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    (b,) = ops.fpgm([w], False)
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item())

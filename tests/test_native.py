@@ -301,3 +301,33 @@ def test_cpu_kernels_without_the_cuda_extension():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.stdout.split("\n")[:2] == ["native reference", "[3.0, 3.0]"], res.stderr
+
+
+def test_cuda_kernels_that_cannot_run_on_this_gpu_fall_back(monkeypatch):
+    """Issue 24 (4): kernels built for other GPUs ("no kernel image is available") used to
+    count as available; one tiny launch is probed when _C_cuda loads, and a failure falls
+    back to the reference path with one warning. (Here torch sees no GPU: the launch fails.)"""
+    if not native.cuda_built():
+        pytest.skip("the CUDA extension is not built here")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    native._load_cuda.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not native.available("cuda")
+        assert "cannot run on this GPU" in native.why_not("cuda")
+        assert any("TORCH_CUDA_ARCH_LIST" in str(w.message) for w in caught)
+    finally:
+        monkeypatch.undo()
+        native._load_cuda.cache_clear()
+
+
+def test_fpgm_cuda_gram_product_is_float64():
+    """Issue 24 (11): the CUDA FPGM Gram product ran in float32 matmul, which TF32 (common on
+    H100: set_float32_matmul_precision("high")) degrades to ~1e-3; it must be float64."""
+    from pathlib import Path
+
+    src = (Path(__file__).parents[1] / "csrc" / "cuda" / "importance.cu").read_text()
+    body = src[src.index("fpgm_cuda(at::TensorList") :]
+    body = body[: body.index("return out;")]
+    assert "at::kFloat" not in body and "flat.to(at::kDouble)" in body

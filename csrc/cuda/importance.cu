@@ -111,8 +111,11 @@ std::vector<at::Tensor> fpgm_cuda(at::TensorList weights) {
     c10::cuda::CUDAGuard guard(w.device());
     auto rows = w.size(0);
     auto flat = w.contiguous().reshape({rows, rows ? w.numel() / rows : 0});
-    auto work = flat.scalar_type() == at::kDouble ? flat : flat.to(at::kFloat);
-    auto gram = at::mm(work, work.t()).to(at::kDouble).contiguous();
+    // float64 Gram product: a float32 matmul runs in TF32 where the user allowed it
+    // (set_float32_matmul_precision("high"), common on Ampere/Hopper), ~1e-3 relative, and
+    // d2 = g_ii + g_jj - 2 g_ij cancels that error into the distances
+    auto work = flat.to(at::kDouble);
+    auto gram = at::mm(work, work.t()).contiguous();
     auto res = at::zeros({rows}, w.options().dtype(at::kDouble));
     if (rows > 0) {
       fpgm_kernel<<<rows, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
