@@ -7,6 +7,7 @@ package picks a device or calls ``.cuda()``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -64,6 +65,15 @@ def resolve(spec: str | torch.device | None = "auto") -> torch.device:
             raise UserError(f"--device {spec}: not a device; use {CHOICES}")
         return _cuda(int(index), text)
     raise UserError(f"--device {spec}: not a device; use {CHOICES}")
+
+
+def device_context(device: torch.device):
+    """A context in which ``device`` is the current CUDA device (nothing for other devices):
+    pinned-memory threads, ``torch.cuda`` calls without a device and new CUDA contexts use
+    the current device, which is GPU 0 unless bound."""
+    if device.type == "cuda" and device.index is not None:
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:

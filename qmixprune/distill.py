@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from .data import DataSplits
-from .device import module_device, to_device
+from .device import device_context, module_device, to_device
 from .distributed import rank_world
 from .errors import UserError
 from .files import write_bytes
@@ -129,7 +129,10 @@ def distill(
     the student kept there (for feature distillation). Under torchrun ``cfg.batch_size`` is the
     global batch (see ``per_rank_batch``). ``checkpoint``: a file written after every epoch,
     which ``resume`` continues from."""
-    with seeded(cfg.seed):  # dropout draws from the global RNG: repeatable, caller's RNG kept
+    on = device if device is not None else module_device(student)
+    # seeded: dropout draws from the global RNG (repeatable, the caller's RNG kept);
+    # device_context: the DataLoader's pin-memory thread and CUDA calls use the current GPU
+    with seeded(cfg.seed), device_context(on):
         return _distill(
             student,
             teacher,

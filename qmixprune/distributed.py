@@ -41,11 +41,15 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def collective_device() -> torch.device:
+def collective_device(device: torch.device | None = None) -> torch.device:
     """Where tensors passed to collectives must live: this process's GPU under NCCL (which
-    reduces only CUDA tensors), else the CPU (gloo, or no group at all)."""
+    reduces only CUDA tensors), else the CPU (gloo, or no group at all). ``device``: the
+    caller's CUDA device (an evaluator's, a model's); without it the current device, which
+    is the rank's GPU only where ``init`` bound it."""
     if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())  # bound by init
+        if device is not None and device.type == "cuda" and device.index is not None:
+            return device
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
@@ -54,8 +58,9 @@ def is_main() -> bool:
     return rank_world()[0] == 0
 
 
-def barrier() -> None:
+def barrier(device: torch.device | None = None) -> None:
+    """Wait for every rank (``device``: this rank's GPU, see ``collective_device``)."""
     if rank_world()[1] > 1:
-        dev = collective_device()
+        dev = collective_device(device)
         # NCCL otherwise guesses the GPU for its barrier (and warns)
         dist.barrier(device_ids=[dev.index] if dev.type == "cuda" else None)

@@ -198,3 +198,25 @@ def test_augment_same_draws_on_any_device():
     a = augment(x, torch.Generator().manual_seed(0))
     b = augment(x.to("meta"), torch.Generator().manual_seed(0))  # runs the device path
     assert b.device.type == "meta" and b.shape == a.shape
+
+
+def test_distill_binds_the_students_gpu(monkeypatch):
+    """Issue 24 (13): pinned-memory threads and caching allocators use the current device;
+    without binding it, ``--device cuda:1`` opened a context on GPU 0."""
+    import contextlib
+
+    from qmixprune.device import device_context
+
+    entered = []
+
+    @contextlib.contextmanager
+    def fake(d):
+        entered.append(d)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", fake)
+    with device_context(torch.device("cuda", 1)):
+        pass
+    with device_context(torch.device("cpu")):
+        pass
+    assert entered == [torch.device("cuda", 1)]

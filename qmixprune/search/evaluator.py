@@ -120,17 +120,34 @@ class PlanEvaluator:
         when they run the same seeded search) and the rewards gathered back to all."""
         keys = [tuple(p[g] for g in self.groups) for p in plans]
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        if todo:
-            rank, world = rank_world()
-            # NCCL reduces only CUDA tensors: the values live on the group's device
-            values = torch.zeros(len(todo), dtype=torch.float64, device=collective_device())
-            for i, key in enumerate(todo):
-                if i % world == rank:
-                    values[i] = self._score(dict(zip(self.groups, key)))
-                    self.local_evaluations += 1
+        rank, world = rank_world()
+        diverged = False
+        # NCCL reduces only CUDA tensors: the values live on the evaluator's GPU there
+        where = collective_device(self.device)
+        if world > 1:
+            # every rank scores rank 0's list, so the reductions below have one length on all
+            # ranks (unequal lengths hang NCCL); a rank whose own list differs says so in the
+            # last element, and all ranks raise together after the same collectives
+            shared = [todo]
+            dist.broadcast_object_list(shared, src=0, device=where)
+            diverged, todo = shared[0] != todo, shared[0]
+        if todo or world > 1:
+            values = torch.zeros(len(todo) + 1, dtype=torch.float64, device=where)
+            values[-1] = float(diverged)
+            if not diverged:  # a diverged rank only reports, so no rank waits for it long
+                for i, key in enumerate(todo):
+                    if i % world == rank:
+                        values[i] = self._score(dict(zip(self.groups, key)))
+                        self.local_evaluations += 1
             if world > 1:
                 dist.all_reduce(values)
-            self.cache.update(zip(todo, values.tolist()))
+            *scores, flag = values.tolist()
+            if flag > 0:
+                raise UserError(
+                    "the torchrun ranks asked to score different plans (their searches "
+                    "diverged): run every rank with the same seed, data and options"
+                )
+            self.cache.update(zip(todo, scores))
             self.evaluations += len(todo)
         return [self.cache[k] for k in keys]
 
