@@ -116,7 +116,7 @@ def test_export_cli(tmp_path, capsys):
 
 def test_export_without_onnx_is_clear(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(UserError, match="pip install onnx onnxruntime"):
+    with pytest.raises(UserError, match="pip install onnx"):
         export_onnx(create("alexnet", width=0.25), tmp_path / "m.onnx", X[:1])
 
 
@@ -216,3 +216,79 @@ def test_bench_labels_rows_by_short_unique_paths(onnx_pair, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "a/model.onnx" in out and "b/model.onnx" in out
     assert "median, over blocks of runs taken in turns" in out
+
+
+class FakeOrt:
+    """onnxruntime with every provider 'available', whose sessions run on ``actual``
+    (ORT falls back silently when a GPU provider fails to load)."""
+
+    def __init__(self, actual):
+        self.actual, self.made = actual, []
+        self.__version__ = "1.20.0"
+
+    def get_available_providers(self):
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    class SessionOptions:
+        def add_session_config_entry(self, key, value):
+            pass
+
+    def InferenceSession(self, path, opts=None, providers=None):  # noqa: N802 (ORT's name)
+        self.made.append(providers)
+        return type("S", (), {"get_providers": lambda s: list(self.actual)})()
+
+
+def test_gpu_sessions_refuse_a_silent_cpu_fallback(onnx_pair, tmp_path, monkeypatch):
+    """Issue 24 (5): a CUDA/TensorRT session that ORT quietly ran on the CPU timed the CPU."""
+    from qmixprune.deploy.bench import session
+
+    fake = FakeOrt(["CPUExecutionProvider"])
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    with pytest.raises(UserError, match="CUDAExecutionProvider.*fell back.*CPUExecutionProvider"):
+        session(onnx_pair[0], "cuda", device_id=1)
+    assert fake.made[-1][0] == ("CUDAExecutionProvider", {"device_id": 1})
+    fake.actual = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    cache = tmp_path / "trt-cache"
+    session(onnx_pair[0], "tensorrt", device_id=2, fp16=True, trt_cache=cache)
+    name, opts = fake.made[-1][0]
+    assert name == "TensorrtExecutionProvider" and opts["device_id"] == 2
+    assert opts["trt_engine_cache_enable"] is True and opts["trt_fp16_enable"] is True
+    assert opts["trt_engine_cache_path"] == str(cache) and cache.is_dir()
+    assert fake.made[-1][1] == ("CUDAExecutionProvider", {"device_id": 2})
+    fake.actual = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # TensorRT failed to load
+    with pytest.raises(UserError, match="TensorrtExecutionProvider"):
+        session(onnx_pair[0], "tensorrt")
+    fake.actual = ["CPUExecutionProvider"]
+    session(onnx_pair[0], "cpu")  # the CPU provider asked and given: fine
+    assert fake.made[-1] == ["CPUExecutionProvider"]
+
+
+def test_onnxruntime_is_an_extra_with_a_clear_error(onnx_pair, monkeypatch):
+    """Issue 24 (6): onnxruntime (CPU) was a hard dependency, and installing it over
+    onnxruntime-gpu removes the CUDA provider; the runtime is the user's choice of extra."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from pathlib import Path
+
+    from qmixprune.deploy.bench import session
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("onnxruntime")]
+    extras = project["optional-dependencies"]
+    assert extras["cpu"] == ["onnxruntime>=1.17"] and extras["gpu"] == ["onnxruntime-gpu>=1.17"]
+    assert "onnxruntime>=1.17" in extras["dev"]  # CI installs .[dev]
+    readme = (root / "README.md").read_text()
+    assert '-e ".[cpu]"' in readme  # the demo's set-up line installs a runtime
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match=r"qmixprune\[cpu\].*qmixprune\[gpu\]"):
+        session(onnx_pair[0], "cpu")
+
+
+def test_compress_without_onnxruntime_stops_before_the_search(monkeypatch):
+    """The export comes last, hours later: a missing runtime is found in the preflight."""
+    from qmixprune.run.config import CompressConfig
+    from qmixprune.run.preflight import check_compress
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match=r"compress's ONNX export.*qmixprune\[cpu\]"):
+        check_compress(create("alexnet", width=0.125), None, CompressConfig())

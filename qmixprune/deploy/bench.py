@@ -27,9 +27,52 @@ PROVIDERS = {
 }
 
 
+INSTALL_ORT = (
+    "pip install 'qmixprune[cpu]' (onnxruntime) or 'qmixprune[gpu]' (onnxruntime-gpu: CUDA and "
+    "TensorRT providers; never both, the CPU package replaces the GPU one)"
+)
+
+
+def onnxruntime(purpose: str = "this"):
+    """The onnxruntime module, or a UserError saying which extra installs it."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise UserError(
+            f"{purpose} needs ONNX Runtime, which is not installed: {INSTALL_ORT}"
+        ) from exc
+    return ort
+
+
+def trt_cache_dir() -> Path:
+    """Where ONNX Runtime's TensorRT provider keeps its engines between runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qmixprune" / "ort-tensorrt"
+
+
+def providers_for(
+    provider: str, device_id: int = 0, fp16: bool = False, trt_cache: str | Path | None = None
+) -> list:
+    """ONNX Runtime's provider list for ``provider``: the GPU ones on GPU ``device_id``, and
+    TensorRT's with its engine cache (engines take minutes to build) and fp16 switch."""
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+    if provider == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    if provider == "tensorrt":
+        cache = Path(trt_cache) if trt_cache is not None else trt_cache_dir()
+        trt = {
+            "device_id": device_id,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_fp16_enable": fp16,
+        }
+        return [("TensorrtExecutionProvider", trt), cuda, "CPUExecutionProvider"]
+    return [PROVIDERS[provider]]
+
+
 def device_info(provider: str = "cpu") -> dict:
     """What the numbers were measured on."""
-    import onnxruntime as ort
+    ort = onnxruntime("benchmarking")
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -56,13 +99,19 @@ def device_info(provider: str = "cpu") -> dict:
 
 
 def session(
-    path: str | Path, provider: str = "cpu", threads: int | None = None, spin: bool = False
+    path: str | Path,
+    provider: str = "cpu",
+    threads: int | None = None,
+    spin: bool = False,
+    *,
+    device_id: int = 0,
+    fp16: bool = False,
+    trt_cache: str | Path | None = None,
 ):
-    """An ONNX Runtime session; idle worker threads spin only with ``spin``."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise UserError("benchmarking needs ONNX Runtime: pip install onnxruntime") from exc
+    """An ONNX Runtime session running on ``provider`` (refused when ORT fell back to another,
+    which it does silently when a GPU provider fails to load); idle worker threads spin only
+    with ``spin``. ``device_id``: the GPU; ``fp16``, ``trt_cache``: TensorRT's options."""
+    ort = onnxruntime("benchmarking")
 
     if provider not in PROVIDERS:
         raise UserError(f"unknown provider {provider!r}; choose one of {list(PROVIDERS)}")
@@ -87,10 +136,21 @@ def session(
     # pools of the idle sessions steal cores from the one being timed (measured here on 2
     # cores: times swung 2-4x between identical runs with spinning, within ~10 % without)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    providers = providers_for(provider, device_id, fp16, trt_cache)
+    if provider == "tensorrt":
+        Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
     try:
-        return ort.InferenceSession(str(path), opts, providers=[name])
+        sess = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:
         raise UserError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
+    running = sess.get_providers()
+    if not running or running[0] != name:
+        raise UserError(
+            f"ONNX Runtime could not start {name} and fell back to {running[:1] or 'nothing'} "
+            "(its log above says why: CUDA, cuDNN or TensorRT libraries not found or of "
+            "another version); timings would not be of the provider asked for"
+        )
+    return sess
 
 
 def _feed(sess, batch: int, seed: int = 0) -> dict:

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..files import atomic_path
+from .bench import onnxruntime
 
 PARITY_TOLERANCE = 1e-4  # max |ORT - PyTorch| allowed in fp32
 
@@ -42,11 +43,9 @@ def export_onnx(
     onnxslim (constant folding, dead nodes, op fusions) before the checks."""
     try:
         import onnx
-        import onnxruntime  # noqa: F401  (for the parity check)
     except ImportError as exc:
-        raise UserError(
-            f"ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime ({exc})"
-        ) from exc
+        raise UserError(f"ONNX export needs onnx: pip install onnx ({exc})") from exc
+    onnxruntime("ONNX export (its parity check)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if any(t.device.type != "cpu" for t in model.parameters()):
@@ -136,8 +135,7 @@ def to_fp16(proto):
 
 def _max_diff(model: nn.Module, onnx_path: str, x: torch.Tensor, fp16: bool):
     """(max |ORT - PyTorch|, max |PyTorch|) on input ``x``."""
-    import onnxruntime as ort
-
+    ort = onnxruntime("ONNX export")
     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     feed = x.numpy().astype(np.float16 if fp16 else np.float32)
     got = sess.run(None, {sess.get_inputs()[0].name: feed})[0].astype(np.float64)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..config import as_dict
+from ..deploy.bench import onnxruntime
 from ..device import resolve
 from ..errors import UserError
 from ..flops import LayerCount, measure, totals
@@ -75,6 +76,8 @@ def check_compress(
     cfg.search.env.validate()
     cfg.distill.validate()
     check_latency_table(cfg.target_latency, latency_table)
+    if cfg.export or cfg.int8:  # the export's parity check and timing run in ONNX Runtime
+        onnxruntime("compress's ONNX export (config.export; or set it to false)")
     device = resolve(cfg.device)
     cfg = replace(cfg, device=str(device))
     if data is None and (score is None or calib is None):
