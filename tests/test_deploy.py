@@ -69,6 +69,7 @@ def test_bench_json_and_speedup(onnx_pair, tmp_path, capsys):
         (4, True),
     ]
     assert rows[0]["speedup"] == 1.0 and all(r["p50_ms"] <= r["p99_ms"] for r in rows)
+    assert all(r["measures"] == "wall time of session.run" for r in rows)
     assert "speed-up" in capsys.readouterr().out
 
 
@@ -292,3 +293,24 @@ def test_compress_without_onnxruntime_stops_before_the_search(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(UserError, match=r"compress's ONNX export.*qmixprune\[cpu\]"):
         check_compress(create("alexnet", width=0.125), None, CompressConfig())
+
+
+def test_every_latency_row_says_what_it_measures():
+    """Issue 24 (10): ORT on a GPU times copies + run, trtexec GPU compute only, our engine
+    loop launch + sync: each row and the printed table say which."""
+    from qmixprune.deploy.bench import MEASURES, format_results
+
+    rows = [
+        {
+            "model": "a.onnx",
+            "batch": 1,
+            "p50_ms": 2.0,
+            "p90_ms": 2.0,
+            "p99_ms": 2.0,
+            "throughput": 500.0,
+            "speedup": 1.0,
+            "measures": MEASURES["gpu"],
+        },
+    ]
+    text = format_results({"results": rows})
+    assert "latency: wall time of session.run, host-device copies" in text

@@ -149,6 +149,7 @@ def test_build_and_time_through_trtexec(onnx_files, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.onnx"]
     row = tensorrt.time_engine(engine, batch=32, runs=200, run=fake)
     assert row["batch"] == 32 and row["tool"] == "trtexec" and row["p50_ms"] == 0.4855
+    assert row["measures"].startswith("GPU compute time")  # issue 24 (10): labelled
     assert "--shapes=input:32x3x32x32" in fake.calls[-1]
     n = len(fake.calls)
     with pytest.raises(UserError, match="outside the engine's profile"):
@@ -276,8 +277,11 @@ def test_runtime_timing_loop_checks_shapes_and_reports_the_batch_run(tmp_path, m
         with pytest.raises(UserError, match="refused input shape"):
             tensorrt.time_engine(engine, batch=4, runs=3, warmup=1)
         return
-    row = tensorrt.time_engine(engine, batch=4, runs=3, warmup=1)
-    assert row["batch"] == 4 and row["throughput"] > 0 and row["tool"] == "tensorrt"
+    ticks = iter(range(100))
+    row = tensorrt.time_engine(engine, batch=4, runs=3, warmup=1, clock=lambda: next(ticks) / 1e3)
+    assert row["batch"] == 4 and row["tool"] == "tensorrt"
+    assert row["p50_ms"] == 1.0 and row["throughput"] == 4e3  # the injected clock's 1 ms
+    assert "copies excluded" in row["measures"] and "sync" in row["measures"]
     with pytest.raises(UserError, match="batch 64 is outside the engine's profile \\(1..32\\)"):
         tensorrt.time_engine(engine, batch=64, runs=3)
 

@@ -20,6 +20,12 @@ from ..errors import UserError
 from ..files import check_writable_file, write_json
 
 ENGINE_SUFFIXES = (".engine", ".plan")
+# what each latency figure measures: GPU timings are not all the same quantity, so every row
+# says which it is (and format_results prints it)
+MEASURES = {
+    "cpu": "wall time of session.run",
+    "gpu": "wall time of session.run, host-device copies of input and output included",
+}
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -204,7 +210,11 @@ def bench(
             for _ in range(warmup):
                 call()
         times = take_turns(calls, runs, block)
-        rows = [{"model": str(m), **_stats(np.concatenate(t), b)} for m, t in zip(models, times)]
+        measures = MEASURES["cpu" if provider == "cpu" else "gpu"]
+        rows = [
+            {"model": str(m), **_stats(np.concatenate(t), b), "measures": measures}
+            for m, t in zip(models, times)
+        ]
         for row, t in zip(rows, times):
             row["speedup"] = paired_speedup(times[0], t)
         results += rows
@@ -287,6 +297,8 @@ def format_results(report: dict) -> str:
             f"{r['p90_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['throughput']:>9.1f} "
             f"{r['speedup']:>8.2f}x"
         )
+    for measures in dict.fromkeys(r["measures"] for r in rows if r.get("measures")):
+        lines.append(f"latency: {measures}")
     if any("tool" in r for r in rows):  # TensorRT engines, timed one after the other
         lines.append("* over the first model at the same batch: the ratio of the p50 columns")
     else:

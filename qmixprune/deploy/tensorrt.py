@@ -42,6 +42,10 @@ INSTALL_HINT = (
     "NVIDIA GPU, or use JetPack's TensorRT on a Jetson"
 )
 PRECISIONS = ("fp32", "fp16", "int8")
+MEASURES = {
+    "trtexec": "GPU compute time (trtexec's, CUDA events), host-device copies excluded",
+    "tensorrt": "wall time of execute_async_v3 + stream sync, host-device copies excluded",
+}
 TESTED_MAJORS = (10, 11)  # the [tensorrt] extra pins the same range
 # JetPack installs trtexec here, off PATH; the tarball and deb packages of x86 put it on PATH
 # or in /usr/src/tensorrt/bin too
@@ -384,6 +388,7 @@ def stats_from_trtexec(parsed: dict, batch: int) -> dict:
         "p99_ms": gpu.get("p99", gpu["max"]),
         "throughput": ran * 1e3 / gpu["median"],
         "tool": "trtexec",
+        "measures": MEASURES["trtexec"],
     }
 
 
@@ -480,10 +485,17 @@ def engine_meta(engine_path: str | Path) -> dict | None:
 
 
 def time_engine(
-    engine_path: str | Path, batch: int = 1, runs: int = 200, warmup: int = 20, run=subprocess.run
+    engine_path: str | Path,
+    batch: int = 1,
+    runs: int = 200,
+    warmup: int = 20,
+    run=subprocess.run,
+    clock=time.perf_counter,
 ) -> dict:
     """p50/p90/p99 latency (ms) and throughput of a saved engine at ``batch``, which must lie
-    in the engine's profile; the row gives the batch that was run."""
+    in the engine's profile; the row gives the batch that was run and what its figures
+    measure (``measures``: trtexec's GPU compute time, or our loop's wall time, which
+    ``clock`` reads)."""
     engine_path = Path(engine_path)
     if not engine_path.is_file():
         raise UserError(f"engine {engine_path} does not exist")
@@ -498,10 +510,10 @@ def time_engine(
         )
         res = run_trtexec(run, [trtexec, *args[1:]], f"time {engine_path}")
         return stats_from_trtexec(parse_trtexec(res.stdout), batch)
-    return _time_python(engine_path, batch, runs, warmup)
+    return _time_python(engine_path, batch, runs, warmup, clock)
 
 
-def _time_python(engine_path: Path, batch: int, runs: int, warmup: int) -> dict:
+def _time_python(engine_path: Path, batch: int, runs: int, warmup: int, clock) -> dict:
     trt = _trt()
     _preload_cudart()
     try:
@@ -549,11 +561,11 @@ def _time_python(engine_path: Path, batch: int, runs: int, warmup: int) -> dict:
     stream.synchronize()
     times = np.empty(runs)
     for i in range(runs):
-        t0 = time.perf_counter()
+        t0 = clock()
         if not context.execute_async_v3(stream.ptr):
             raise UserError(f"TensorRT failed to run {engine_path}")
         stream.synchronize()
-        times[i] = time.perf_counter() - t0
+        times[i] = clock() - t0
     for buf in buffers:
         buf.free()
     stream.free()
@@ -565,4 +577,5 @@ def _time_python(engine_path: Path, batch: int, runs: int, warmup: int) -> dict:
         "p99_ms": float(np.percentile(ms, 99)),
         "throughput": float(ran * 1e3 / np.median(ms)),
         "tool": "tensorrt",
+        "measures": MEASURES["tensorrt"],
     }
