@@ -1,25 +1,39 @@
 """Acceptance check of the GPU path, in one command (a CPU run checks the same code on the CPU).
 
     python benchmarks/gpu_check.py                 # cuda when a GPU is visible, else cpu
-    python benchmarks/gpu_check.py --device cuda:1 --json gpu_check.json
+    python benchmarks/gpu_check.py --device cuda:1 --out results/ --row-timeout 240
 
-Rows (pass / fail / skip, with figures):
-  native-ops    every native op against its reference on the device (the CPU tests' tolerances)
+Rows (pass / fail / skip, with figures; a row that needs what is missing here is a skip
+with the reason, never a pass):
+  native-ops    every native op against its reference on the device (the CPU tests'
+                tolerances), with inputs large enough for the multi-block paths (> 1024
+                elements per channel, a gather over 16M elements, channels-last input)
   demo          `qmixprune demo --quick --device D` end to end in a temp dir; report says D
-  distill       one distillation epoch (AMP on CUDA, fp32 on the CPU)
+                (on CUDA: and backends.cuda == "native")
+  distill       one distillation epoch (AMP on CUDA: bf16 where supported, fp32 on the CPU)
+  distill-fp16  one epoch under fp16 autocast with the GradScaler (CUDA only)
+  nccl          one process, NCCL: all_reduce of a CUDA tensor, barrier with device_ids, a
+                DDP step (CUDA only)
   torchrun      2 processes (NCCL when 2 GPUs are visible, else gloo on the CPU): one
                 distillation epoch ending with identical weights, search evaluations shared
+  pytest-cuda   `pytest -m cuda tests/` (CUDA only)
   ort-cuda      ONNX Runtime with the CUDA provider against the CPU provider (skip without it)
   tensorrt      a TensorRT engine built and timed (skip when tensorrt does not import)
-Prints the table, writes the JSON atomically, exits 1 when any row failed (2: bad input).
+  trt-profile   `qmixprune profile --provider tensorrt --device D` (the model on the GPU)
+  trt-int8      `qmixprune export --int8 --tensorrt int8` (Q/DQ model, INT8 engine)
+Every row runs under --row-timeout seconds. Prints the table, writes the JSON atomically
+(--json, and into --out DIR as gpu_check-<device>.json), exits 1 when any row failed
+(2: bad input).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +55,35 @@ from qmixprune.files import write_bytes  # noqa: E402
 
 class Skip(Exception):
     """A check that cannot run here (what it needs is absent): a 'skip' row, not a failure."""
+
+
+class RowTimeout(Exception):
+    """A row ran past its time limit."""
+
+
+def _needs_cuda(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise Skip("--device is the CPU")
+
+
+def _env() -> dict:
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def _cli(args: list[str], workdir: Path, timeout: float | None = None):
+    """``qmixprune ARGS`` in a subprocess; fails the row with the end of its output."""
+    res = subprocess.run(
+        [sys.executable, "-m", "qmixprune", *args],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env=_env(),
+        timeout=timeout,
+    )
+    if res.returncode != 0:
+        raise AssertionError(f"exit {res.returncode}: {(res.stderr or res.stdout)[-600:]}")
+    return res
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -79,6 +122,7 @@ def check_native_ops(device: torch.device) -> dict:
         torch.testing.assert_close(sums[0], sums[1])
         assert torch.equal(zeros[0], zeros[1])
         figures["channel_stats"] = max(figures.get("channel_stats", 0), _max_diff(*sums))
+    figures.update(_large_inputs(device, g))
     for dtype in (torch.float32, torch.float16, torch.int64, torch.uint8, torch.bool):
         ts = [(torch.randn(8, 6, 3, 3, generator=g) * 10).to(dtype).to(device)]
         ts += [(torch.randn(5, 7, generator=g) * 10).to(dtype).to(device).t()]
@@ -107,6 +151,34 @@ def check_native_ops(device: torch.device) -> dict:
     return {"backend": native.backend(device.type), **{k: f"{v:.1e}" for k, v in figures.items()}}
 
 
+def _large_inputs(device: torch.device, g: torch.Generator) -> dict:
+    """Sizes that take the kernels' multi-block paths: filters of 4608 (> 1024) elements,
+    6400 elements per channel, channels-last activations, a gather over 16.8M elements."""
+    ws = [torch.randn(256, 512, 3, 3, generator=g).to(device)]
+    for p in (1, 2):
+        for a, b in zip(ops.filter_norms(ws, p, True), ops.filter_norms(ws, p, False)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    worst = 0.0
+    for a, b in zip(ops.fpgm(ws, True), ops.fpgm(ws, False)):
+        scale = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * scale)
+        worst = max(worst, _max_diff(a, b) / scale)
+    act = torch.relu(torch.randn(8, 32, 80, 80, generator=g)).to(device)
+    for x in (act, act.contiguous(memory_format=torch.channels_last)):
+        sums = [torch.zeros(32, dtype=torch.float64, device=device) for _ in range(2)]
+        zeros = [torch.zeros(32, dtype=torch.long, device=device) for _ in range(2)]
+        ops.channel_stats_(x, sums[0], zeros[0], True)
+        ops.channel_stats_(x, sums[1], zeros[1], False)
+        torch.testing.assert_close(sums[0], sums[1])
+        assert torch.equal(zeros[0], zeros[1]), "zero counts differ (channels-last?)"
+    big = torch.randn(4096, 4096, generator=g).to(device)
+    rows = [torch.randperm(4096, generator=g)[:3000].to(device)]
+    cols = [torch.randperm(4096, generator=g)[:2000].to(device)]
+    a = ops.gather_channels([big], rows, cols, True)[0]
+    assert torch.equal(a, ops.gather_channels([big], rows, cols, False)[0]), "16M gather differs"
+    return {"fpgm_large": f"{worst:.1e}"}
+
+
 def check_demo(device: torch.device, workdir: Path) -> dict:
     """The whole pipeline as a user runs it, in a subprocess."""
     out = workdir / "demo"
@@ -125,8 +197,12 @@ def check_demo(device: torch.device, workdir: Path) -> dict:
     rep = json.loads((out / "report.json").read_text())
     assert rep.get("device") == str(device), f"report says device {rep.get('device')!r}"
     assert (out / "model.safetensors").is_file() and (out / "model.onnx").is_file()
+    backend = rep.get("backends", {}).get(device.type, "?")
+    if device.type == "cuda":  # the CUDA kernels must have run, not the reference path
+        assert backend == "native", f"report's backends.cuda is {backend!r}"
     return {
         "report_device": rep["device"],
+        "backend": backend,
         "macs_ratio": round(rep["pruned"]["macs"] / rep["original"]["macs"], 3),
         "test_acc": f"{rep['original']['test_acc']:.3f}->{rep['pruned']['test_acc']:.3f}",
         "seconds": round(seconds, 1),
@@ -189,6 +265,115 @@ def check_distill(device: torch.device) -> dict:
         "val_acc": round(hist[0]["val_acc"], 4),
         "seconds": round(seconds, 1),
     }
+
+
+def check_distill_fp16(device: torch.device) -> dict:
+    """One epoch under fp16 autocast with its GradScaler (what GPUs without bf16 run; on a
+    bf16 GPU the dtype is forced)."""
+    from qmixprune import distill as mod
+
+    _needs_cuda(device)
+    teacher, student, data = _small_job()
+    before = [p.detach().clone() for p in student.parameters()]
+    cfg = mod.DistillConfig(epochs=1, batch_size=64, lr=0.05, amp=True)
+    real = mod.amp_dtype
+    mod.amp_dtype = lambda d, enabled=True: torch.float16 if enabled and d.type == "cuda" else None
+    try:
+        hook = _trained(student)
+        t0 = time.perf_counter()
+        s, hist = mod.distill(student, teacher, data, cfg, device=device, on_epoch=hook)
+        torch.cuda.synchronize(device)
+    finally:
+        mod.amp_dtype = real
+    _assert_trained(s, before, hist, device, hook)
+    return {
+        "amp": "float16+GradScaler",
+        "loss": round(hist[0]["loss"], 4),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def check_nccl(device: torch.device) -> dict:
+    """NCCL in one process: all_reduce of a CUDA tensor, a barrier with device_ids, one DDP
+    step (the torchrun row needs 2 GPUs for NCCL; this one runs on one)."""
+    import torch.distributed as dist
+
+    _needs_cuda(device)
+    if not dist.is_nccl_available():
+        raise Skip("torch was built without NCCL")
+    if dist.is_initialized():
+        raise AssertionError("a process group is already active")
+    with torch.cuda.device(device):
+        dist.init_process_group(
+            "nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
+        try:
+            t = torch.full((1 << 20,), 2.0, device=device)
+            dist.all_reduce(t)
+            torch.cuda.synchronize(device)
+            assert torch.equal(t, torch.full_like(t, 2.0)), "all_reduce changed a 1-rank sum"
+            dist.barrier(device_ids=[device.index])
+            model = torch.nn.Linear(16, 4).to(device)
+            ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+            w0 = model.weight.detach().clone()
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+            ddp(torch.randn(8, 16, device=device)).square().mean().backward()
+            opt.step()
+            torch.cuda.synchronize(device)
+            assert not torch.equal(w0, model.weight), "the DDP step changed nothing"
+        finally:
+            dist.destroy_process_group()
+    return {"nccl": ".".join(map(str, torch.cuda.nccl.version()))}
+
+
+def check_pytest_cuda(device: torch.device, workdir: Path) -> dict:
+    """The test suite's CUDA tests (``-m cuda``) on this machine."""
+    _needs_cuda(device)
+    env = _env()
+    env.setdefault("CUDA_VISIBLE_DEVICES", str(device.index))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"]
+    res = subprocess.run(
+        [*cmd, str(ROOT / "tests")], capture_output=True, text=True, cwd=workdir, env=env
+    )
+    summary = (res.stdout.strip().splitlines() or ["no output"])[-1]
+    if res.returncode != 0:
+        raise AssertionError(f"pytest exit {res.returncode}: {res.stdout[-600:]}")
+    assert " passed" in summary, f"no CUDA test passed: {summary}"
+    return {"summary": summary}
+
+
+def check_trt_profile(device: torch.device, workdir: Path) -> dict:
+    """What `qmixprune profile --provider tensorrt --device D` runs: the timer on a model that
+    lives on the GPU, which must stay there and keep working (one small engine)."""
+    from qmixprune.deploy import tensorrt
+    from qmixprune.deploy.profile import engine_timer
+
+    _needs_cuda(device)
+    if not tensorrt.available():
+        raise Skip("no TensorRT here (neither trtexec nor the tensorrt package)")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU()).to(device)
+    model.eval()
+    (ms,) = engine_timer("fp16", runs=20)([model], (1, 3, 32, 32))
+    assert all(p.device == device for p in model.parameters()), "the model left the GPU"
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32, device=device))
+    return {"b1": f"{float(ms[0]):.3f} ms"}
+
+
+def check_trt_int8(device: torch.device, workdir: Path) -> dict:
+    """`qmixprune export --int8 --tensorrt int8`: the Q/DQ model TensorRT takes, built."""
+    from qmixprune.deploy import tensorrt
+
+    _needs_cuda(device)
+    if not tensorrt.available():
+        raise Skip("no TensorRT here (neither trtexec nor the tensorrt package)")
+    out = workdir / "m.int8.onnx"
+    args = ["export", "vgg16", "--width", "0.25", "-o", str(out), "--tensorrt", "int8"]
+    _cli([*args, "--calib-batches", "2", "--quantizer", "onnxruntime"], workdir)
+    engine = out.with_suffix(".engine")
+    assert engine.is_file(), f"no engine at {engine}"
+    row = tensorrt.time_engine(engine, batch=1, runs=50, warmup=10)
+    return {"b1": _ms(row), "measures": row.get("measures", "")}
 
 
 def _free_port() -> int:
@@ -254,10 +439,9 @@ def check_torchrun(device: torch.device, workdir: Path) -> dict:
         "--device",
         spec,
     ]
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
     if res.returncode != 0:
         raise AssertionError(f"torchrun exit {res.returncode}: {(res.stderr or res.stdout)[-800:]}")
@@ -292,19 +476,23 @@ def check_ort_cuda(device: torch.device, workdir: Path) -> dict:
 
     from qmixprune.deploy.bench import bench, session
 
-    if device.type != "cuda":
-        raise Skip("--device is the CPU")
+    _needs_cuda(device)
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise Skip("onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
     path = _tiny_onnx(workdir)
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    gpu, cpu = session(path, "cuda"), session(path, "cpu")
-    assert "CUDAExecutionProvider" in gpu.get_providers(), gpu.get_providers()
+    gpu, cpu = session(path, "cuda", device_id=device.index), session(path, "cpu")
+    assert gpu.get_providers()[0] == "CUDAExecutionProvider", gpu.get_providers()
     diff = float(np.abs(gpu.run(None, {"input": x})[0] - cpu.run(None, {"input": x})[0]).max())
     assert diff < 1e-2, f"CUDA vs CPU provider max |diff| {diff}"
     rep = bench([str(path)], (1, 32), provider="cuda", runs=50, warmup=10)
     ms = {r["batch"]: r for r in rep["results"]}
-    return {"max_diff": f"{diff:.1e}", **{f"b{b}": _ms(r) for b, r in ms.items()}}
+    measures = rep["results"][0].get("measures", "")
+    return {
+        "max_diff": f"{diff:.1e}",
+        **{f"b{b}": _ms(r) for b, r in ms.items()},
+        "measures": measures,
+    }
 
 
 def _ms(row: dict) -> str:
@@ -314,10 +502,9 @@ def _ms(row: dict) -> str:
 def check_tensorrt(device: torch.device, workdir: Path) -> dict:
     from qmixprune.deploy import tensorrt
 
-    if device.type != "cuda":
-        raise Skip("--device is the CPU")
+    _needs_cuda(device)
     if not tensorrt.available():
-        raise Skip("tensorrt does not import")
+        raise Skip("no TensorRT here (neither trtexec nor the tensorrt package)")
     path = _tiny_onnx(workdir)
     t0 = time.perf_counter()
     # fp32 from the fp32 ONNX builds on every TensorRT: FP16 needs the builder flag (gone
@@ -325,26 +512,54 @@ def check_tensorrt(device: torch.device, workdir: Path) -> dict:
     engine = tensorrt.build_engine(path, workdir / "vgg.engine", "fp32")
     build_s = time.perf_counter() - t0
     row = tensorrt.time_engine(engine, batch=1, runs=100, warmup=10)
-    return {"build_s": round(build_s, 1), "b1": _ms(row)}
+    return {"build_s": round(build_s, 1), "b1": _ms(row), "measures": row.get("measures", "")}
 
 
 CHECKS = {
     "native-ops": lambda d, w: check_native_ops(d),
     "demo": check_demo,
     "distill": lambda d, w: check_distill(d),
+    "distill-fp16": lambda d, w: check_distill_fp16(d),
+    "nccl": lambda d, w: check_nccl(d),
     "torchrun": check_torchrun,
+    "pytest-cuda": check_pytest_cuda,
     "ort-cuda": check_ort_cuda,
     "tensorrt": check_tensorrt,
+    "trt-profile": check_trt_profile,
+    "trt-int8": check_trt_int8,
 }
 
 
-def run_checks(device: torch.device, names: list[str]) -> list[dict]:
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise RowTimeout in this (main) thread after ``seconds``; a subprocess being waited
+    for is killed by subprocess.run as the exception passes."""
+    if not seconds or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise RowTimeout(f"timed out after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def run_checks(
+    device: torch.device, names: list[str], row_timeout: float | None = None
+) -> list[dict]:
     rows = []
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"qmixprune-gpu-check-{name}-") as tmp:
             t0 = time.perf_counter()
             try:
-                figures, status = CHECKS[name](device, Path(tmp)), "pass"
+                with time_limit(row_timeout):
+                    figures, status = CHECKS[name](device, Path(tmp)), "pass"
             except Skip as exc:
                 figures, status = {"why": str(exc)}, "skip"
             except Exception as exc:  # a failed row, reported; the other rows still run
@@ -354,15 +569,15 @@ def run_checks(device: torch.device, names: list[str]) -> list[dict]:
             {"check": name, "status": status, "seconds": round(time.perf_counter() - t0, 1)}
             | {"figures": figures}
         )
-        print(f"  {name:<11} {status}", flush=True)
+        print(f"  {name:<12} {status}", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'check':<11} {'status':<6} {'s':>7}  figures"]
+    lines = [f"{'check':<12} {'status':<6} {'s':>7}  figures"]
     for r in rows:
         figs = ", ".join(f"{k}={v}" for k, v in r["figures"].items() if v != "")
-        lines.append(f"{r['check']:<11} {r['status']:<6} {r['seconds']:>7.1f}  {figs}")
+        lines.append(f"{r['check']:<12} {r['status']:<6} {r['seconds']:>7.1f}  {figs}")
     return "\n".join(lines)
 
 
@@ -371,6 +586,8 @@ def environment(device: torch.device) -> dict:
 
     info = {
         "device": str(device),
+        "revision": _revision(),
+        "load": [round(v, 2) for v in os.getloadavg()],
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "python": platform.python_version(),
@@ -384,10 +601,27 @@ def environment(device: torch.device) -> dict:
     return info
 
 
+def _revision() -> str:
+    """The checkout's commit (+ "-dirty" with uncommitted changes), or "unknown"."""
+    try:
+        git = ["git", "-C", str(ROOT)]
+        rev = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "-uno"], capture_output=True)
+        if rev.returncode != 0:
+            return "unknown"
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default=None, help="auto|cpu|cuda|cuda:N (default: cuda if visible)")
-    p.add_argument("--json", default="gpu_check.json", help="where to write the results")
+    p.add_argument("--json", default=None, help="where to write the results (gpu_check.json)")
+    p.add_argument("--out", default=None, help="a folder for gpu_check-<device>.json (made)")
+    p.add_argument(
+        "--row-timeout", type=float, default=300.0, help="seconds per row before it fails"
+    )
     p.add_argument("--only", nargs="+", choices=list(CHECKS), help="run only these checks")
     p.add_argument("--ddp-worker", metavar="DIR", help=argparse.SUPPRESS)  # torchrun's processes
     args = p.parse_args(argv)
@@ -399,16 +633,27 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"gpu_check: error: {exc}", file=sys.stderr)
         return 2
+    if args.row_timeout <= 0:
+        print("gpu_check: error: --row-timeout must be > 0 seconds", file=sys.stderr)
+        return 2
+    paths = [Path(args.json)] if args.json else []
+    if args.out:
+        paths.append(Path(args.out) / f"gpu_check-{device.type}.json")
+    paths = paths or [Path("gpu_check.json")]
     env = environment(device)
     print(f"gpu_check on {device} ({env.get('gpu', 'CPU')}); torch {env['torch']}")
-    rows = run_checks(device, args.only or list(CHECKS))
+    rows = run_checks(device, args.only or list(CHECKS), args.row_timeout)
     print(table(rows))
     failed = [r["check"] for r in rows if r["status"] == "fail"]
-    doc = {"environment": env, "rows": rows, "passed": not failed}
-    write_bytes(Path(args.json), (json.dumps(doc, indent=2) + "\n").encode())
+    env["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    doc = {"command": " ".join(["python", "benchmarks/gpu_check.py", *(argv or sys.argv[1:])])}
+    doc |= {"environment": env, "rows": rows, "passed": not failed}
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
     print(
         f"{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed or skipped'}; "
-        f"wrote {args.json}"
+        f"wrote {', '.join(map(str, paths))}"
     )
     return 1 if failed else 0
 

@@ -17,16 +17,45 @@ def gpu_check():
     return mod
 
 
+GPU_ONLY = [
+    "distill-fp16",
+    "nccl",
+    "pytest-cuda",
+    "ort-cuda",
+    "tensorrt",
+    "trt-profile",
+    "trt-int8",
+]
+
+
 def test_cpu_skips_gpu_only_rows_and_writes_json(gpu_check, tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert (
-        gpu_check.main(["--device", "cpu", "--only", "ort-cuda", "tensorrt", "--json", str(out)])
-        == 0
-    )
+    folder = tmp_path / "results"
+    argv = ["--device", "cpu", "--only", *GPU_ONLY, "--json", str(out), "--out", str(folder)]
+    assert gpu_check.main(argv) == 0
     doc = json.loads(out.read_text())
+    assert doc == json.loads((folder / "gpu_check-cpu.json").read_text())
     assert doc["passed"] and doc["environment"]["device"] == "cpu"
-    assert [r["status"] for r in doc["rows"]] == ["skip", "skip"]
+    assert doc["environment"]["revision"] and len(doc["environment"]["load"]) == 3
+    assert [r["status"] for r in doc["rows"]] == ["skip"] * len(GPU_ONLY)
+    assert all(r["figures"]["why"] for r in doc["rows"])  # each skip says why
     assert "tensorrt" in capsys.readouterr().out
+
+
+def test_a_row_past_its_time_limit_fails_and_the_rest_run(gpu_check, tmp_path, monkeypatch):
+    import time
+
+    def hangs(device, workdir):
+        while True:  # a hung collective or kernel: only the limit ends it
+            time.sleep(0.01)
+
+    monkeypatch.setitem(gpu_check.CHECKS, "torchrun", hangs)
+    out = tmp_path / "r.json"
+    argv = ["--device", "cpu", "--only", "torchrun", "tensorrt", "--row-timeout", "0.2"]
+    assert gpu_check.main([*argv, "--json", str(out)]) == 1
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["status"] == "fail" and "timed out after 0.2 s" in rows[0]["figures"]["error"]
+    assert rows[1]["status"] == "skip"
 
 
 def test_a_failed_row_fails_the_run(gpu_check, tmp_path, monkeypatch):
