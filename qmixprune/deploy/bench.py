@@ -56,9 +56,14 @@ def device_info(provider: str = "cpu") -> dict:
 
 
 def session(
-    path: str | Path, provider: str = "cpu", threads: int | None = None, spin: bool = False
+    path: str | Path,
+    provider: str = "cpu",
+    threads: int | None = None,
+    spin: bool = False,
+    config: dict[str, str] | None = None,
 ):
-    """An ONNX Runtime session; idle worker threads spin only with ``spin``."""
+    """An ONNX Runtime session; idle worker threads spin only with ``spin``; ``config`` adds
+    session config entries (ONNX Runtime's ``key: value`` strings)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -87,6 +92,8 @@ def session(
     # pools of the idle sessions steal cores from the one being timed (measured here on 2
     # cores: times swung 2-4x between identical runs with spinning, within ~10 % without)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     try:
         return ort.InferenceSession(str(path), opts, providers=[name])
     except Exception as exc:
