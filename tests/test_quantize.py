@@ -183,3 +183,40 @@ def test_fixed_batch_model_quantizes_and_checks_every_sample(tmp_path):
     res = quantize_checked(fixed, tmp_path / "f.int8.onnx", samples(10), samples(7, seed=1), 2)
     assert res.calib_samples == 8 and input_shape(res.path)[1][0] == 4  # whole batches only
     assert res.agreement >= MIN_AGREEMENT and res.fp32_acc is not None  # all 7 test samples
+
+
+def test_cpu_has_vnni_reads_the_flags():
+    from qmixprune.deploy.quantize import cpu_has_vnni
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert not cpu_has_vnni(avx2, "x86_64")
+    assert cpu_has_vnni(avx2.replace("avx2", "avx2 avx512_vnni"), "x86_64")
+    assert cpu_has_vnni(avx2.replace("avx2", "avx_vnni"), "AMD64")
+    assert cpu_has_vnni(avx2, "aarch64")  # ARM's kernels: nothing to avoid
+    assert cpu_has_vnni("", "x86_64")  # unreadable flags: keep full-range weights
+
+
+@pytest.mark.parametrize("vnni", [False, True])
+def test_weights_use_seven_bits_on_cpus_without_vnni(fp32, tmp_path, monkeypatch, vnni):
+    import onnx
+
+    from qmixprune.deploy import quantize as q
+
+    monkeypatch.setattr(q, "cpu_has_vnni", lambda: vnni)
+    calib = calibration_arrays(samples(16), ["batch", 3, 32, 32], 8)
+    widest = {}
+    for runtime in RUNTIMES:
+        out = tmp_path / f"{runtime}.onnx"
+        quantize(fp32, out, calib, "onnxruntime", runtime)
+        proto = onnx.load(str(out))
+        weights = [
+            onnx.numpy_helper.to_array(i)
+            for i in proto.graph.initializer
+            if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("_quantized")
+        ]
+        assert weights
+        widest[runtime] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    # 7-bit weights for ONNX Runtime on a CPU without VNNI (16-bit sums saturate otherwise);
+    # TensorRT's kernels have no such limit: full 8 bits
+    assert widest["onnxruntime"] <= 64 if not vnni else widest["onnxruntime"] > 64
+    assert widest["tensorrt"] > 64

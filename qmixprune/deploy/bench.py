@@ -109,6 +109,7 @@ def session(
     provider: str = "cpu",
     threads: int | None = None,
     spin: bool = False,
+    config: dict[str, str] | None = None,
     *,
     device_id: int = 0,
     fp16: bool = False,
@@ -116,7 +117,8 @@ def session(
 ):
     """An ONNX Runtime session running on ``provider`` (refused when ORT fell back to another,
     which it does silently when a GPU provider fails to load); idle worker threads spin only
-    with ``spin``. ``device_id``: the GPU; ``fp16``, ``trt_cache``: TensorRT's options."""
+    with ``spin``; ``config`` adds session config entries (ONNX Runtime's ``key: value``
+    strings). ``device_id``: the GPU; ``fp16``, ``trt_cache``: TensorRT's options."""
     ort = onnxruntime("benchmarking")
 
     if provider not in PROVIDERS:
@@ -142,6 +144,8 @@ def session(
     # pools of the idle sessions steal cores from the one being timed (measured here on 2
     # cores: times swung 2-4x between identical runs with spinning, within ~10 % without)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     providers = providers_for(provider, device_id, fp16, trt_cache)
     if provider == "tensorrt":
         Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)

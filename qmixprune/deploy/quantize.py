@@ -14,10 +14,17 @@ activations are quantized for the runtime that will read the model:
 The quantizer is ``onnxruntime.quantization``, or NVIDIA ModelOpt's ONNX quantization (its
 Q/DQ placement follows TensorRT's rules), which ``auto`` picks for TensorRT when it is
 installed. Needs numpy and onnxruntime only (no torch).
+
+On x86 CPUs without VNNI, ONNX Runtime's uint8 x int8 kernels add pairs of products in 16
+bits, which saturate with full 8-bit weights; the weights are then quantized to 7 bits
+(``reduce_range``, as onnxruntime's documentation advises for such CPUs). The check of a
+TensorRT-form model runs its Q/DQ pairs in float (``session.disable_quant_qdq``), as TensorRT
+applies their scales, not ONNX Runtime's integer kernels.
 """
 
 from __future__ import annotations
 
+import platform
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -58,6 +65,25 @@ class QuantizeResult:
             f"samples; vs fp32: same class on {self.agreement:.1%} (>= {MIN_AGREEMENT:.0%}), "
             f"logit error {self.relative_rms:.3f} of RMS (<= {MAX_RELATIVE_RMS}){acc})"
         )
+
+
+def cpu_has_vnni(cpuinfo: str | None = None, machine: str | None = None) -> bool:
+    """Whether this CPU's integer dot products avoid the 16-bit saturation described in the
+    module docstring: True off x86 and where the flags cannot be read (nothing to avoid
+    there), else whether ``/proc/cpuinfo`` (or ``cpuinfo``) lists a VNNI flag."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"}) or not flags
 
 
 def input_shape(onnx_path: str | Path) -> tuple[str, list]:
@@ -108,9 +134,11 @@ def quantize(
     calibration: list[np.ndarray],
     quantizer: str = "auto",
     runtime: str = "onnxruntime",
+    reduce_range: bool | None = None,
 ) -> str:
     """Write a Q/DQ INT8 copy of ``fp32_path`` for ``runtime`` to ``out_path`` (atomically);
-    returns the quantizer used."""
+    returns the quantizer used. ``reduce_range`` (7-bit weights, onnxruntime's quantizer only)
+    defaults to this CPU lacking VNNI when the runtime is ONNX Runtime."""
     if quantizer not in QUANTIZERS:
         raise UserError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
     if runtime not in RUNTIMES:
@@ -124,7 +152,9 @@ def quantize(
             if quantizer == "modelopt":
                 _quantize_modelopt(Path(fp32_path), tmp, calibration)
             else:
-                _quantize_ort(Path(fp32_path), tmp, calibration, runtime)
+                if reduce_range is None:
+                    reduce_range = runtime == "onnxruntime" and not cpu_has_vnni()
+                _quantize_ort(Path(fp32_path), tmp, calibration, runtime, reduce_range)
         except UserError:
             raise
         except Exception as exc:  # the quantizers' own errors, deep inside them
@@ -155,7 +185,9 @@ def _quantize_modelopt(src: Path, dst: Path, calibration: list[np.ndarray]) -> N
     )
 
 
-def _quantize_ort(src: Path, dst: Path, calibration: list[np.ndarray], runtime: str) -> None:
+def _quantize_ort(
+    src: Path, dst: Path, calibration: list[np.ndarray], runtime: str, reduce_range: bool = False
+) -> None:
     try:
         from onnxruntime.quantization import (
             CalibrationDataReader,
@@ -193,6 +225,7 @@ def _quantize_ort(src: Path, dst: Path, calibration: list[np.ndarray], runtime: 
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            reduce_range=reduce_range,
             activation_type=activation,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
@@ -200,11 +233,18 @@ def _quantize_ort(src: Path, dst: Path, calibration: list[np.ndarray], runtime: 
         )
 
 
-def logits(onnx_path: str | Path, inputs: Iterable[np.ndarray], batch: int = 64) -> np.ndarray:
-    """The model's outputs on ``inputs`` (ONNX Runtime, CPU), stacked."""
+def logits(
+    onnx_path: str | Path,
+    inputs: Iterable[np.ndarray],
+    batch: int = 64,
+    qdq_in_float: bool = False,
+) -> np.ndarray:
+    """The model's outputs on ``inputs`` (ONNX Runtime, CPU), stacked; ``qdq_in_float`` runs
+    Q/DQ pairs as float scale-and-round instead of fusing them into integer kernels."""
     from .bench import session
 
-    sess = session(onnx_path)
+    config = {"session.disable_quant_qdq": "1"} if qdq_in_float else None
+    sess = session(onnx_path, config=config)
     name = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) else batch
@@ -225,11 +265,13 @@ def compare(
     int8_path: str | Path,
     inputs: list[np.ndarray],
     labels: np.ndarray | None = None,
+    runtime: str = "onnxruntime",
 ) -> dict:
     """Agreement and logit error of the INT8 model against the fp32 one on ``inputs``, and
-    both accuracies when ``labels`` are given; raises when outside the stated tolerance."""
+    both accuracies when ``labels`` are given; raises when outside the stated tolerance.
+    A ``tensorrt`` model is run with its Q/DQ pairs in float (see the module docstring)."""
     a = logits(fp32_path, inputs).astype(np.float64)
-    b = logits(int8_path, inputs).astype(np.float64)
+    b = logits(int8_path, inputs, qdq_in_float=runtime == "tensorrt").astype(np.float64)
     agreement = float(np.mean(a.argmax(1) == b.argmax(1)))
     rel = float(np.sqrt(np.mean((a - b) ** 2)) / max(np.sqrt(np.mean(a**2)), 1e-12))
     out = {"agreement": agreement, "relative_rms": rel}
@@ -267,7 +309,7 @@ def quantize_checked(
         pairs = [(np.asarray(x, dtype=np.float32), int(y)) for x, y in test]
         xs, labels = [np.stack([x for x, _ in pairs])], np.array([y for _, y in pairs])
     try:
-        check = compare(fp32_path, out_path, xs, labels)
+        check = compare(fp32_path, out_path, xs, labels, runtime)
     except UserError:
         Path(out_path).unlink(missing_ok=True)  # ours, just written: not a usable model
         raise
