@@ -220,3 +220,25 @@ def test_weights_use_seven_bits_on_cpus_without_vnni(fp32, tmp_path, monkeypatch
     # TensorRT's kernels have no such limit: full 8 bits
     assert widest["onnxruntime"] <= 64 if not vnni else widest["onnxruntime"] > 64
     assert widest["tensorrt"] > 64
+
+
+def test_tensorrt_form_keeps_biases_in_float(fp32, tmp_path):
+    """Issue 24 (2): QDQ mode stored biases as int32 behind DequantizeLinear, which TensorRT's
+    dequantize layer does not take; for TensorRT no int32 tensor may feed a DequantizeLinear
+    (ONNX Runtime's form keeps its int32 biases: its integer kernels want them)."""
+    import onnx
+
+    calib = calibration_arrays(samples(16), ["batch", 3, 32, 32], 8)
+    int32_dq = {}
+    for runtime in RUNTIMES:
+        out = tmp_path / f"{runtime}.onnx"
+        quantize(fp32, out, calib, "onnxruntime", runtime)
+        proto = onnx.load(str(out))
+        int32 = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT32}
+        int32_dq[runtime] = [
+            n.name
+            for n in proto.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in int32
+        ]
+    assert int32_dq["tensorrt"] == []
+    assert int32_dq["onnxruntime"]  # the test can see int32 biases when they are there

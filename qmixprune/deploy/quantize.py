@@ -9,7 +9,7 @@ activations are quantized for the runtime that will read the model:
   ran about half of ResNet-56's convolutions as DequantizeLinear + Transpose + fp32 Conv and
   the INT8 model was slower than the fp32 one (``python benchmarks/ort_ops.py --int8``).
 - ``tensorrt``: int8, symmetric (zero point 0), the only form TensorRT's explicit
-  quantization reads.
+  quantization reads; biases stay float (TensorRT does not dequantize int32 tensors).
 
 The quantizer is ``onnxruntime.quantization``, or NVIDIA ModelOpt's ONNX quantization (its
 Q/DQ placement follows TensorRT's rules), which ``auto`` picks for TensorRT when it is
@@ -229,7 +229,14 @@ def _quantize_ort(
             activation_type=activation,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True},
+            # biases stay float for TensorRT: QDQ mode stores them as int32 behind a
+            # DequantizeLinear, which TensorRT's dequantize layer does not take (it folds
+            # the float bias into its INT8 kernels itself)
+            extra_options={
+                "ActivationSymmetric": tensorrt,
+                "WeightSymmetric": True,
+                "QuantizeBias": not tensorrt,
+            },
         )
 
 
