@@ -551,14 +551,27 @@ def time_limit(seconds: float | None):
 
 
 def run_checks(
-    device: torch.device, names: list[str], row_timeout: float | None = None
+    device: torch.device,
+    names: list[str],
+    row_timeout: float | None = None,
+    budget: float | None = None,
+    clock=time.monotonic,
 ) -> list[dict]:
+    """Each check in turn, under ``row_timeout`` seconds; once ``budget`` seconds (all rows
+    together, read from ``clock``) are spent, the remaining rows are skipped, saying so."""
     rows = []
+    start = clock()
     for name in names:
+        limit, left = row_timeout, None
+        if budget is not None:
+            left = budget - (clock() - start)
+            limit = left if limit is None else min(limit, left)
         with tempfile.TemporaryDirectory(prefix=f"qmixprune-gpu-check-{name}-") as tmp:
             t0 = time.perf_counter()
             try:
-                with time_limit(row_timeout):
+                if left is not None and left < 1:
+                    raise Skip(f"the budget of {budget:g} s is spent")
+                with time_limit(limit):
                     figures, status = CHECKS[name](device, Path(tmp)), "pass"
             except Skip as exc:
                 figures, status = {"why": str(exc)}, "skip"
@@ -622,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--row-timeout", type=float, default=300.0, help="seconds per row before it fails"
     )
+    p.add_argument(
+        "--budget", type=float, default=None, help="seconds for all rows; later rows skip"
+    )
     p.add_argument("--only", nargs="+", choices=list(CHECKS), help="run only these checks")
     p.add_argument("--ddp-worker", metavar="DIR", help=argparse.SUPPRESS)  # torchrun's processes
     args = p.parse_args(argv)
@@ -633,8 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"gpu_check: error: {exc}", file=sys.stderr)
         return 2
-    if args.row_timeout <= 0:
-        print("gpu_check: error: --row-timeout must be > 0 seconds", file=sys.stderr)
+    if args.row_timeout <= 0 or (args.budget is not None and args.budget <= 0):
+        print("gpu_check: error: --row-timeout and --budget must be > 0 seconds", file=sys.stderr)
         return 2
     paths = [Path(args.json)] if args.json else []
     if args.out:
@@ -642,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = paths or [Path("gpu_check.json")]
     env = environment(device)
     print(f"gpu_check on {device} ({env.get('gpu', 'CPU')}); torch {env['torch']}")
-    rows = run_checks(device, args.only or list(CHECKS), args.row_timeout)
+    rows = run_checks(device, args.only or list(CHECKS), args.row_timeout, args.budget)
     print(table(rows))
     failed = [r["check"] for r in rows if r["status"] == "fail"]
     env["load_after"] = [round(v, 2) for v in os.getloadavg()]

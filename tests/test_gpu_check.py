@@ -100,3 +100,17 @@ def test_distill_row_checks_the_trained_copy_not_the_winner(gpu_check):
     with pytest.raises(AssertionError, match="loss"):
         nan = [{"loss": float("nan")}]
         gpu_check._assert_trained(student, before, nan, torch.device("cpu"), hook)
+
+
+def test_rows_past_the_budget_are_skipped_saying_so(gpu_check, monkeypatch):
+    import itertools
+
+    import torch
+
+    ticks = itertools.count(0, 60)  # each look at the clock: a minute later
+    monkeypatch.setitem(gpu_check.CHECKS, "tensorrt", lambda d, w: {"ok": 1})
+    rows = gpu_check.run_checks(
+        torch.device("cpu"), ["tensorrt", "ort-cuda"], 300, budget=100, clock=lambda: next(ticks)
+    )
+    assert [r["status"] for r in rows] == ["pass", "skip"]
+    assert rows[1]["figures"]["why"] == "the budget of 100 s is spent"
