@@ -85,6 +85,8 @@ class Graph:
     warnings: list[str] = field(default_factory=list)
     # the submodules analysed when the model could not be traced whole (empty: it was)
     parts: list[str] = field(default_factory=list)
+    # how the model was captured: "fx", "export" (torch.export, non-strict) or "parts"
+    capture: str = "fx"
 
     def __post_init__(self) -> None:
         self._by_name = {g.name: g for g in self.groups}
