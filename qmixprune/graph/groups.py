@@ -12,14 +12,12 @@ def build_graph(
     """One group per set of tied spaces that some conv or linear makes; a slot over a cut
     space lists the pieces it was cut into."""
     spaces.settle()
-    slots = [
-        Slot(
-            s.module,
-            s.kind,
-            tuple(Seg(leaf, g.expand) for g in s.segs for leaf in spaces.leaves(g.space)),
-        )
-        for s in slots
-    ]
+    expanded = []
+    for s in slots:
+        segs = tuple(Seg(leaf, g.expand) for g in s.segs for leaf in spaces.leaves(g.space))
+        widths = tuple(spaces.sizes[g.space] * g.expand for g in segs)
+        expanded.append(Slot(s.module, s.kind, segs, widths))
+    slots = expanded
     members: dict[int, list[Slot]] = {}
     for slot in slots:
         for seg in slot.segs:

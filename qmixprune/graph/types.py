@@ -36,6 +36,17 @@ class Slot:
     module: str
     kind: str
     segs: tuple[Seg, ...]
+    # each segment's width along the dimension (channels x expand); empty: not yet known
+    widths: tuple[int, ...] = ()
+
+    def ranges(self, spaces) -> list[tuple[int, int]]:
+        """Where the segments of ``spaces`` lie along the slot's dimension (start, stop)."""
+        out, start = [], 0
+        for seg, width in zip(self.segs, self.widths):
+            if seg.space in spaces:
+                out.append((start, start + width))
+            start += width
+        return out
 
     @property
     def owner(self) -> str:
