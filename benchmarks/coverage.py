@@ -364,8 +364,9 @@ def main() -> None:
         "torch_pruning": tp_version,
         "rows": rows,
     }
-    print(f"MACs kept and result at ratio {RATIO} (pass: runs, same output shape, <= {MAX_KEPT}")
-    print(f"of the MACs, exact round trip); Torch-Pruning {tp_version or 'not installed'}")
+    ratios = "".join(f", {k} {v}" for k, v in RATIOS.items() if k in sections)
+    print(f"MACs kept and result at ratio {RATIO}{ratios} (pass: runs, same output shapes,")
+    print(f"<= {MAX_KEPT} of the MACs, exact round trip); Torch-Pruning {tp_version or 'none'}")
     print(f"{'model':<34} {'qmixprune':<50} {'torch-pruning'}")
     for source, name in todo:
         a = run_guarded([*me, "--job", "ours", "--source", source, "--name", name], **guard)
