@@ -26,6 +26,8 @@ def filter_rows(model: nn.Module, group: Group) -> list[torch.Tensor]:
     for slot in group.slots:
         if slot.kind in PRODUCER_KINDS:
             w = modules[slot.module].weight.detach()
+            if slot.kind == "convT_out":  # a transposed conv's filters are its dim 1
+                w = w.transpose(0, 1)
             w = w.reshape(w.shape[0], -1)
             # a layer whose output was cut into pieces (a chunk) makes the group's
             # channels once per piece of it

@@ -211,3 +211,17 @@ class HalvesNet(nn.Module):
         lo, hi = x.split((4, 4), 1) if self.literal else x.chunk(2, 1)
         hi = hi * hi.mean((2, 3), keepdim=True)
         return self.out(torch.cat([self.left(lo), self.right(hi)], 1))
+
+
+class UpNet(nn.Module):
+    """A segmentation-head shape: conv, a stride-2 transposed conv upsampling, conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = ConvAct(3, 8, 3, 2)
+        self.up = nn.ConvTranspose2d(8, 6, 2, 2, bias=True)
+        self.bn = nn.BatchNorm2d(6)
+        self.out = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.out(F.silu(self.bn(self.up(self.a(x)))))

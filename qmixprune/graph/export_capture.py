@@ -17,6 +17,8 @@ _MODULE_OPS = {
     _aten.conv1d.default: ((nn.Conv1d,), 1),
     _aten.conv2d.default: ((nn.Conv2d,), 1),
     _aten.linear.default: ((nn.Linear,), 1),
+    _aten.conv_transpose1d.default: ((nn.ConvTranspose1d,), 1),
+    _aten.conv_transpose2d.input: ((nn.ConvTranspose2d,), 1),
     _aten.batch_norm.default: (None, 1),
     _aten.layer_norm.default: ((nn.LayerNorm,), 2),
 }

@@ -36,6 +36,14 @@ class SlotRules:
         inp = self.layout_of(node.args[0]) if node.args else None
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             return self.conv(name, mod, inp, out_shape)
+        if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d)) and mod.groups == 1:
+            # an upsampling conv (segmentation heads): its weight is [in, out, k...]
+            if inp is not None:
+                if inp.axis == 1:
+                    self.add_slot(name, "convT_in", inp.segs)
+                else:
+                    self.block(inp, f"module {name} (conv over a non-channel axis)")
+            return self.produce(name, "convT_out", mod.out_channels, 1, out_shape)
         if isinstance(mod, nn.Linear):
             if inp is not None:
                 if inp.axis == inp.ndim - 1:

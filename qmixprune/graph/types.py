@@ -11,13 +11,15 @@ SLOT_TEXT = {
     "conv_in": "in-channels of conv",
     "dw": "channels of depthwise conv",
     "gconv_in": "in-channels of grouped conv",
+    "convT_in": "in-channels of transposed conv",
+    "convT_out": "out-channels of transposed conv",
     "linear_out": "out-features of linear",
     "linear_in": "in-features of linear",
     "bn": "batchnorm",
     "ln": "layernorm",
     "scale": "per-channel parameter",
 }
-PRODUCER_KINDS = ("conv_out", "linear_out", "dw")
+PRODUCER_KINDS = ("conv_out", "linear_out", "dw", "convT_out")
 
 
 @dataclass(frozen=True)
