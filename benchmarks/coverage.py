@@ -1,5 +1,5 @@
-"""How many torchvision and timm classifiers qmixprune prunes, next to Torch-Pruning, on
-equal terms.
+"""How many torchvision and timm classifiers and ultralytics YOLO models qmixprune prunes,
+next to Torch-Pruning, on equal terms.
 
 Both tools get the same model (same seed), the same input, a 30 % ratio per group by L1
 magnitude, and the same ignored layers: every layer that produces the model's output
@@ -9,12 +9,19 @@ unchanged, at least 20 % of the MACs are cut (same counter for both) and the too
 save/restore round trip onto a fresh instance gives equal outputs (qmixprune: save /
 load(path, model=fresh); Torch-Pruning: tp.state_dict / tp.load_state_dict, which pickles).
 
+The ultralytics section (YOLOv5u detect; v8 and 11: detect, segment, pose, OBB; built untrained
+from their yaml) prunes at 50 % per group on 128 px inputs, the same pass rule, every output
+tensor's shape unchanged and equal after the round trip.
+
 Each (model, tool) runs in its own process, killed past --mem-gb of resident memory or
 --timeout seconds (Torch-Pruning's tracer was OOM-killed at 24 GB on Swin-T here), so one
 model cannot take the run down; such kills are reported as failures.
 
     flock /tmp/qmixprune-heavy.lock python benchmarks/coverage.py [--models a,b]
-        [--section torchvision|timm] [--json F]
+        [--section torchvision|timm|ultralytics] [--json F]
+
+The JSON file holds the command, the git revision, the load average before and after, and
+one row per model.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ TIMM = [
     "efficientnet_b0",
     "mobilenetv3_small_050",
     "ghostnet_050",
+    "ghostnet_100",
     "convnext_atto",
     "densenet121",
     "dla34",
@@ -65,11 +73,26 @@ TIMM = [
     "res2net50_14w_8s",
     "mixnet_s",
 ]
+# ultralytics model yaml names (no weights: the architecture is what is pruned)
+ULTRALYTICS = [
+    "yolov5nu",
+    "yolov8n",
+    "yolov8n-seg",
+    "yolov8n-pose",
+    "yolov8n-obb",
+    "yolo11n",
+    "yolo11n-seg",
+    "yolo11n-pose",
+    "yolo11n-obb",
+]
 RATIO = 0.3
+RATIOS = {"ultralytics": 0.5}  # the detectors' ratio; the classifiers' is RATIO
 MAX_KEPT = 0.8  # a pass cuts at least 20 % of the MACs
 
 
 def input_size(source: str, name: str) -> int:
+    if source == "ultralytics":
+        return 128
     if source == "torchvision" and name.startswith(("vit", "swin", "maxvit")):
         return 224
     return 299 if "inception" in name else 64
@@ -79,6 +102,16 @@ def build(source: str, name: str) -> torch.nn.Module:
     from qmixprune.models import create
 
     torch.manual_seed(0)  # both tools prune the same weights
+    if source == "ultralytics":
+        from ultralytics.nn import tasks
+
+        kind = name.rpartition("-")[2] if "-" in name else ""
+        cls = {
+            "seg": tasks.SegmentationModel,
+            "pose": tasks.PoseModel,
+            "obb": tasks.OBBModel,
+        }.get(kind, tasks.DetectionModel)
+        return cls(name + ".yaml", verbose=False).eval()
     return create(f"{source}:{name}").eval()
 
 
@@ -115,8 +148,24 @@ def output_layers(model: torch.nn.Module, x: torch.Tensor) -> list[str]:
     return order[-1:]
 
 
+def _tensors(y) -> list[torch.Tensor]:
+    """Every tensor of a model's output (detectors return nests of them)."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, dict):
+        y = list(y.values())
+    if isinstance(y, (list, tuple)):
+        return [t for item in y for t in _tensors(item)]
+    return []
+
+
+def _shapes(y) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in _tensors(y)]
+
+
 def _outputs_equal(a, b) -> bool:
-    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+    ta, tb = _tensors(a), _tensors(b)
+    return len(ta) == len(tb) and all(torch.equal(x, y) for x, y in zip(ta, tb))
 
 
 def ours(source: str, name: str, x: torch.Tensor) -> dict:
@@ -126,15 +175,22 @@ def ours(source: str, name: str, x: torch.Tensor) -> dict:
     ignored = output_layers(model, x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruned = q.prune(model, x, RATIO).eval()
+        graph = q.analyze(model, x)
+        pruned = q.apply_plan(model, graph, q.make_plan(model, graph, RATIOS.get(source, RATIO)))
+        pruned.eval()
     with torch.no_grad():
         y0, y1 = model(x), pruned(x)
-    result = {"ignored": ignored, "kept": q.count(pruned, x)[0] / q.count(model, x)[0]}
-    if y0.shape != y1.shape:
-        return {**result, "status": f"output shape {tuple(y1.shape)} != {tuple(y0.shape)}"}
+    result = {
+        "ignored": ignored,
+        "kept": q.count(pruned, x)[0] / q.count(model, x)[0],
+        "capture": graph.capture,
+    }
+    if _shapes(y0) != _shapes(y1):
+        return {**result, "status": f"output shapes {_shapes(y1)} != {_shapes(y0)}"}
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = q.load(q.save(pruned, Path(d) / "m.safetensors"), model=build(source, name))
+        path = q.save(pruned, Path(d) / "m.safetensors", tuple(x.shape[1:]))
+        loaded = q.load(path, model=build(source, name))
         with torch.no_grad():
             if not _outputs_equal(loaded(x), y1):
                 return {**result, "status": "save/load changed the outputs"}
@@ -251,7 +307,7 @@ def _fmt(r: dict | None) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", help="comma-separated subset (names of the chosen section)")
-    p.add_argument("--section", choices=["torchvision", "timm"], action="append")
+    p.add_argument("--section", choices=["torchvision", "timm", "ultralytics"], action="append")
     p.add_argument("--json")
     p.add_argument("--mem-gb", type=float, default=8.0)
     p.add_argument("--timeout", type=float, default=900.0)
@@ -273,6 +329,13 @@ def main() -> None:
                 for n in torchvision.models.list_models(module=torchvision.models)
                 if n not in TOO_BIG
             ]
+        elif source == "ultralytics":
+            try:
+                import ultralytics  # noqa: F401
+            except ImportError:
+                print("ultralytics not installed (pip install qmixprune[yolo]): skipped")
+                continue
+            names = ULTRALYTICS
         else:
             try:
                 import timm  # noqa: F401
@@ -292,19 +355,30 @@ def main() -> None:
     me = [sys.executable, os.path.abspath(__file__)]
     guard = {"mem_gb": args.mem_gb, "timeout": args.timeout}
     rows = []
-    print(f"MACs kept and result at ratio {RATIO} (pass: runs, same output shape, <= {MAX_KEPT}")
-    print(f"of the MACs, exact round trip); Torch-Pruning {tp_version or 'not installed'}")
+    doc = {
+        "command": " ".join(["python", "benchmarks/coverage.py", *sys.argv[1:]]),
+        "revision": _revision(),
+        "load_before": list(os.getloadavg()),
+        "ratio": RATIO,
+        "ratios": RATIOS,
+        "torch_pruning": tp_version,
+        "rows": rows,
+    }
+    ratios = "".join(f", {k} {v}" for k, v in RATIOS.items() if k in sections)
+    print(f"MACs kept and result at ratio {RATIO}{ratios} (pass: runs, same output shapes,")
+    print(f"<= {MAX_KEPT} of the MACs, exact round trip); Torch-Pruning {tp_version or 'none'}")
     print(f"{'model':<34} {'qmixprune':<50} {'torch-pruning'}")
     for source, name in todo:
         a = run_guarded([*me, "--job", "ours", "--source", source, "--name", name], **guard)
         b = None
-        if tp_version:
+        if tp_version and source != "ultralytics":  # its C2f needs Torch-Pruning's own code
             cmd = [*me, "--job", "tp", "--source", source, "--name", name]
             b = run_guarded([*cmd, "--ignored", json.dumps(a.get("ignored", []))], **guard)
         rows.append({"source": source, "model": name, "qmixprune": a, "torch_pruning": b})
         print(f"{source + ':' + name:<34} {_fmt(a):<50} {_fmt(b)}", flush=True)
         if args.json:  # after every model: an interrupted run keeps what it measured
-            Path(args.json).write_text(json.dumps(rows, indent=2))
+            doc["load_after"] = list(os.getloadavg())
+            Path(args.json).write_text(json.dumps(doc, indent=2))
     print()
     for source in sections:
         part = [r for r in rows if r["source"] == source]
@@ -313,10 +387,28 @@ def main() -> None:
         for tool in ("qmixprune", "torch_pruning"):
             if tool == "torch_pruning" and not tp_version:
                 continue
-            ok = [r for r in part if r[tool]["status"] == "ok"]
+            ok = [r for r in part if r[tool] and r[tool]["status"] == "ok"]
             kept = sorted(r[tool]["kept"] for r in ok)
             median = f", median MACs kept of passes {kept[len(kept) // 2]:.2f}" if kept else ""
             print(f"{source} {tool}: {len(ok)} of {len(part)} passed{median}")
+
+
+def _revision() -> str:
+    """The checkout's git revision (with "+dirty" when it has changes)."""
+    here = Path(__file__).parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ class CostModel:
             _Layer(
                 r.name,
                 r.macs,
-                segs(r.name, ("conv_in", "gconv_in", "linear_in")),
-                segs(r.name, ("conv_out", "linear_out", "dw")),
+                segs(r.name, ("conv_in", "gconv_in", "linear_in", "convT_in")),
+                segs(r.name, ("conv_out", "linear_out", "dw", "convT_out")),
             )
             for r in (rows if rows is not None else layer_table(model, example_input))
         ]

@@ -41,7 +41,12 @@ def measure(model: nn.Module, example_input: torch.Tensor) -> tuple[list[LayerCo
     def hook(name):
         def fn(mod, inputs, output):
             per_sample = output.numel() // batch
-            if isinstance(mod, nn.modules.conv._ConvNd):
+            if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+                # every input entry feeds out/groups x kernel outputs (the output-side
+                # count would be stride^2 too high)
+                per_in = inputs[0].numel() // batch
+                macs = per_in * (mod.out_channels // mod.groups) * math.prod(mod.kernel_size)
+            elif isinstance(mod, nn.modules.conv._ConvNd):
                 macs = per_sample * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
             else:
                 macs = per_sample * mod.in_features

@@ -26,7 +26,13 @@ def filter_rows(model: nn.Module, group: Group) -> list[torch.Tensor]:
     for slot in group.slots:
         if slot.kind in PRODUCER_KINDS:
             w = modules[slot.module].weight.detach()
-            rows.append(w.reshape(w.shape[0], -1))
+            if slot.kind == "convT_out":  # a transposed conv's filters are its dim 1
+                w = w.transpose(0, 1)
+            w = w.reshape(w.shape[0], -1)
+            # a layer whose output was cut into pieces (a chunk) makes the group's
+            # channels once per piece of it
+            ranges = slot.ranges(set(group.spaces)) if slot.widths else [(0, len(w))]
+            rows.extend(w[a:b] for a, b in ranges)
     return rows
 
 

@@ -297,6 +297,8 @@ def prune(
 _TENSORS = {
     "conv_out": (("weight", 0), ("bias", 0)),
     "conv_in": (("weight", 1),),
+    "convT_out": (("weight", 1), ("bias", 0)),
+    "convT_in": (("weight", 0),),
     "dw": (("weight", 0), ("bias", 0)),
     "linear_out": (("weight", 0), ("bias", 0)),
     "linear_in": (("weight", 1),),
@@ -306,6 +308,8 @@ _TENSORS = {
 _ATTRS = {
     "conv_out": ("out_channels",),
     "conv_in": ("in_channels",),
+    "convT_out": ("out_channels",),
+    "convT_in": ("in_channels",),
     "dw": ("in_channels", "out_channels", "groups"),
     "linear_out": ("out_features",),
     "linear_in": ("in_features",),

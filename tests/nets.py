@@ -120,3 +120,108 @@ def fixed_timer(modules, shape, slow=3.0, multiple=4):
         return total[0]
 
     return [np.array([ms(m)] * 3) for m in modules]
+
+
+class ConvAct(nn.Sequential):
+    """Conv -> BN -> SiLU, the block YOLO models are made of."""
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1) -> None:
+        super().__init__(nn.Conv2d(c1, c2, k, s, k // 2, bias=False), nn.BatchNorm2d(c2), nn.SiLU())
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.cv1, self.cv2 = ConvAct(c, c, 3), ConvAct(c, c, 3)
+
+    def forward(self, x):
+        return x + self.cv2(self.cv1(x))
+
+
+class C2fLike(nn.Module):
+    """YOLOv8's C2f: a conv's output chunked in two halves, bottlenecks on the second, all
+    pieces concatenated. ``list(...)`` over the chunk is what torch.fx cannot trace."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1) -> None:
+        super().__init__()
+        self.c = c2 // 2
+        self.cv1 = ConvAct(c1, 2 * self.c)
+        self.cv2 = ConvAct((2 + n) * self.c, c2)
+        self.m = nn.ModuleList(Bottleneck(self.c) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPFLike(nn.Module):
+    def __init__(self, c1: int, c2: int) -> None:
+        super().__init__()
+        self.cv1, self.cv2 = ConvAct(c1, c1 // 2), ConvAct(c1 * 2, c2)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x):
+        y = [self.cv1(x)]
+        y.extend(self.pool(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class YoloLike(nn.Module):
+    """A small detector in YOLOv8's shape: backbone of C2f blocks, SPPF, an upsampling neck
+    and a detect-like head per scale whose output convs (4 box + ``nc`` class channels)
+    keep their widths."""
+
+    def __init__(self, nc: int = 3) -> None:
+        super().__init__()
+        self.stem = ConvAct(3, 8, 3, 2)
+        self.down1 = ConvAct(8, 16, 3, 2)
+        self.c2f1 = C2fLike(16, 16, 1)
+        self.down2 = ConvAct(16, 32, 3, 2)
+        self.c2f2 = C2fLike(32, 32, 2)
+        self.sppf = SPPFLike(32, 32)
+        self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
+        self.c2f3 = C2fLike(48, 16, 1)
+        self.box = nn.ModuleList(
+            nn.Sequential(ConvAct(c, 16, 3), nn.Conv2d(16, 4, 1)) for c in (16, 32)
+        )
+        self.cls = nn.ModuleList(
+            nn.Sequential(ConvAct(c, 16, 3), nn.Conv2d(16, nc, 1)) for c in (16, 32)
+        )
+
+    def forward(self, x):
+        p3 = self.c2f1(self.down1(self.stem(x)))
+        p4 = self.sppf(self.c2f2(self.down2(p3)))
+        p3 = self.c2f3(torch.cat([self.up(p4), p3], 1))
+        return [torch.cat([b(f), c(f)], 1) for f, b, c in zip((p3, p4), self.box, self.cls)]
+
+
+class HalvesNet(nn.Module):
+    """A chunk that torch.fx traces (unpacked at once) and a split at literal sizes."""
+
+    def __init__(self, literal: bool = False) -> None:
+        super().__init__()
+        self.literal = literal
+        self.a = ConvAct(3, 8, 3)
+        self.left, self.right = ConvAct(4, 6, 3), ConvAct(4, 6, 3)
+        self.out = nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        lo, hi = x.split((4, 4), 1) if self.literal else x.chunk(2, 1)
+        hi = hi * hi.mean((2, 3), keepdim=True)
+        return self.out(torch.cat([self.left(lo), self.right(hi)], 1))
+
+
+class UpNet(nn.Module):
+    """A segmentation-head shape: conv, a stride-2 transposed conv upsampling, conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = ConvAct(3, 8, 3, 2)
+        self.up = nn.ConvTranspose2d(8, 6, 2, 2, bias=True)
+        self.bn = nn.BatchNorm2d(6)
+        self.out = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.out(F.silu(self.bn(self.up(self.a(x)))))

@@ -96,3 +96,85 @@ BINARY_FUNCTIONS = {
 BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 SHAPE_ONLY_METHODS = {"size", "dim"}
+
+# The same rules for the ATen ops of a torch.export graph (the fallback capture).
+_aten = torch.ops.aten
+
+
+def _overloads(*names: str) -> set:
+    """Every overload of the named ATen ops that this torch has."""
+    out = set()
+    for name in names:
+        packet = getattr(_aten, name, None)
+        if packet is not None:
+            out.update(getattr(packet, o) for o in packet.overloads())
+    return out
+
+
+PASS_FUNCTIONS |= _overloads(
+    "relu",
+    "relu_",
+    "relu6",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "gelu",
+    "gelu_",
+    "silu",
+    "silu_",
+    "mish",
+    "mish_",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "hardtanh",
+    "hardtanh_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "softplus",
+    "neg",
+    "dropout",
+    "dropout_",
+    "feature_dropout",
+    "alpha_dropout",
+    "clone",
+    "contiguous",
+    "alias",
+    "detach",
+    "detach_",
+    "_to_copy",
+    "to",
+    "type_as",
+    "max_pool1d",
+    "max_pool2d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "upsample_nearest2d",
+    "upsample_bilinear2d",
+    "upsample_bicubic2d",
+    "upsample_nearest1d",
+    "upsample_linear1d",
+)
+BINARY_FUNCTIONS |= _overloads("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")
+REDUCE |= _overloads("mean", "sum", "amax")
+SHAPE_ONLY_METHODS |= _overloads("sym_size", "sym_numel", "sym_stride")
+CAT = {torch.cat, torch.concat, *_overloads("cat", "concat")}
+PERMUTE = {torch.permute, "permute", *_overloads("permute")}
+# torch.export writes every view with literal sizes: it may not merge the channel axis
+# (the Python code it came from may have had a literal width)
+ATEN_VIEWS = _overloads("view", "reshape", "_unsafe_view")
+FLATTEN = {torch.flatten, "flatten", "view", "reshape", *_overloads("flatten"), *ATEN_VIEWS}
+# splitting the channel axis: chunk cuts equal pieces the pruned model cuts alike;
+# the others carry literal sizes the pruned model would still use
+CHUNK = {torch.chunk, "chunk", *_overloads("chunk")}
+SPLIT = {torch.split, "split", *_overloads("split", "split_with_sizes", "unsafe_split")}
+# indexing along one axis (the channel axis blocks: literal bounds)
+SLICE = {torch.narrow, "narrow", *_overloads("slice", "narrow", "select")}

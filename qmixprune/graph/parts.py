@@ -16,7 +16,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import TraceError, UserError
-from .trace import trace
+from .fx_capture import trace
 from .types import Graph
 
 
@@ -154,7 +154,8 @@ def analyze_parts(
     why: str = "",
 ) -> Graph:
     """Analyse the parts of ``model`` named in ``parts`` (or found) into one graph, with
-    ``analyzer`` (a fresh ``analyze._Analyzer``); ``why``: the whole model's trace error."""
+    ``analyzer`` (a fresh ``propagate.Propagator``); ``why``: why the whole model could not
+    be captured."""
     modules = dict(model.named_modules())
     missing = [p for p in parts or () if p not in modules or p == ""]
     if missing:  # before the forward pass
@@ -178,13 +179,14 @@ def analyze_parts(
             found.append((name, gm))
     for name, gm in found:
         inner = [name + "." + n for n, _ in gm.named_modules() if n]
-        analyzer.use(gm, name + ".", calls.outside(name, inner))
+        analyzer.use(gm.graph, gm, name + ".", calls.outside(name, inner))
         analyzer.run()
     graph = analyzer.graph(tuple(example_input.shape[1:]))
     graph.parts = [name for name, _ in found]
+    graph.capture = "parts"
     shown = ", ".join(graph.parts[:6]) + (", ..." if len(graph.parts) > 6 else "")
     head = (
-        f"{type(model).__name__} cannot be traced whole ({why.split('. ')[0]})"
+        f"{type(model).__name__} cannot be traced whole ({why})"
         if why
         else f"{type(model).__name__} analysed by the parts named"
     )

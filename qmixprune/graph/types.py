@@ -11,13 +11,15 @@ SLOT_TEXT = {
     "conv_in": "in-channels of conv",
     "dw": "channels of depthwise conv",
     "gconv_in": "in-channels of grouped conv",
+    "convT_in": "in-channels of transposed conv",
+    "convT_out": "out-channels of transposed conv",
     "linear_out": "out-features of linear",
     "linear_in": "in-features of linear",
     "bn": "batchnorm",
     "ln": "layernorm",
     "scale": "per-channel parameter",
 }
-PRODUCER_KINDS = ("conv_out", "linear_out", "dw")
+PRODUCER_KINDS = ("conv_out", "linear_out", "dw", "convT_out")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,17 @@ class Slot:
     module: str
     kind: str
     segs: tuple[Seg, ...]
+    # each segment's width along the dimension (channels x expand); empty: not yet known
+    widths: tuple[int, ...] = ()
+
+    def ranges(self, spaces) -> list[tuple[int, int]]:
+        """Where the segments of ``spaces`` lie along the slot's dimension (start, stop)."""
+        out, start = [], 0
+        for seg, width in zip(self.segs, self.widths):
+            if seg.space in spaces:
+                out.append((start, start + width))
+            start += width
+        return out
 
     @property
     def owner(self) -> str:
@@ -85,6 +98,8 @@ class Graph:
     warnings: list[str] = field(default_factory=list)
     # the submodules analysed when the model could not be traced whole (empty: it was)
     parts: list[str] = field(default_factory=list)
+    # how the model was captured: "fx", "export" (torch.export, non-strict) or "parts"
+    capture: str = "fx"
 
     def __post_init__(self) -> None:
         self._by_name = {g.name: g for g in self.groups}

@@ -1,4 +1,5 @@
-"""Trace a model with torch.fx and record every node's output shape."""
+"""Capture a model with torch.fx (the first capture tried) and record every node's output
+shape."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def trace(model: nn.Module, example_input: torch.Tensor, *more_inputs) -> fx.Gra
         graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises many types; all mean "cannot trace"
         raise TraceError(
-            f"cannot trace {type(model).__name__} with torch.fx: {_first_line(exc)}"
+            f"cannot trace {type(model).__name__} with torch.fx: {first_line(exc)}"
             f"{_user_frame(exc)}. Data-dependent control flow and Python ops on tensor values "
             "cannot be traced: rewrite them, or wrap the function with torch.fx.wrap"
         ) from exc
@@ -46,7 +47,7 @@ def trace(model: nn.Module, example_input: torch.Tensor, *more_inputs) -> fx.Gra
     except Exception as exc:
         shape = tuple(getattr(example_input, "shape", ()))
         raise TraceError(
-            f"{type(model).__name__} fails on an example input of shape {shape}: {_first_line(exc)}"
+            f"{type(model).__name__} fails on an example input of shape {shape}: {first_line(exc)}"
         ) from exc
     finally:
         for m, mode in modes.items():
@@ -75,7 +76,8 @@ def is_norm_leaf(m: nn.Module) -> bool:
     return all(not any(True for _ in c.parameters()) for c in m.children())
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type if it has none)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
