@@ -23,6 +23,9 @@ Writes the JSON after every finished run, so an interrupted benchmark keeps what
 
     python benchmarks/search.py [--quick] [--budget 200] [--jobs 2] [--json F]
     python benchmarks/search.py --targets 0.2,0.1 --finetune-targets 0.1,0.05 --json F
+
+``--data fashion-mnist --finetune`` runs ``fmnist_compare.py`` instead (the plan compress
+picks against the others, after the same fine-tuning, on Fashion-MNIST).
 """
 
 from __future__ import annotations
@@ -166,6 +169,13 @@ def print_table(runs: list[dict], key: str, title: str, methods: list[str]) -> N
 
 
 def main() -> None:
+    import sys
+
+    if "--data" in sys.argv and "fashion-mnist" in sys.argv:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from fmnist_compare import main as fashion_mnist
+
+        return fashion_mnist(sys.argv[1:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="seeds 0 and 1 instead of 0, 1, 2")
     p.add_argument("--seeds", help="comma-separated seeds (overrides --quick)")

@@ -1,11 +1,14 @@
 """Data sets: train / val / test splits for ``digits`` (embedded), ``cifar10``,
-``cifar100`` (torchvision's on-disk format) and ``imagefolder`` (class-per-folder tree).
+``cifar100`` (torchvision's on-disk format), ``fashion-mnist`` and ``mnist`` (idx files,
+gzipped or not) and ``imagefolder`` (class-per-folder tree); ``DataSplits.from_datasets``
+wraps a user's own torch ``Dataset``s.
 
 val is carved from train with a seeded permutation; the search's reward only sees val.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 from dataclasses import dataclass
@@ -17,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 
 from .errors import UserError
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder")
 
 
 @dataclass
@@ -31,6 +34,36 @@ class DataSplits:
     mean: tuple[float, ...] | None = None  # the normalisation applied to every image
     std: tuple[float, ...] | None = None
     norm_source: str = ""  # where mean/std come from, in words (printed and reported)
+
+    @classmethod
+    def from_datasets(
+        cls,
+        train: Dataset,
+        val: Dataset,
+        test: Dataset,
+        num_classes: int | None = None,
+        hflip: bool = False,
+    ) -> DataSplits:
+        """Splits from a user's own ``(image, label)`` datasets, already normalised as the
+        model expects. ``num_classes``: default from a ``classes`` attribute of ``train``,
+        else the largest label in train, val and test plus one."""
+        for name, ds in (("train", train), ("val", val), ("test", test)):
+            if len(ds) == 0:
+                raise UserError(f"the {name} dataset is empty: give it at least one sample")
+        x = train[0][0]
+        if not isinstance(x, torch.Tensor):
+            raise UserError(
+                f"train[0] gives a {type(x).__name__} image: the datasets must give (tensor, "
+                "label) pairs (add a ToTensor transform)"
+            )
+        if num_classes is None:
+            classes = getattr(train, "classes", None)
+            num_classes = (
+                len(classes)
+                if classes is not None
+                else 1 + max(int(ds[i][1]) for ds in (train, val, test) for i in range(len(ds)))
+            )
+        return cls(train, val, test, num_classes, tuple(x.shape), hflip, norm_source="given")
 
 
 class ArrayDataset(Dataset):
@@ -66,6 +99,7 @@ def load_data(
     val_fraction: float = 0.2,
     image_size: int = 32,
     norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    channels: int = 3,
 ) -> DataSplits:
     """Load a data set by name and split off a seeded validation set from its train part.
 
@@ -73,9 +107,13 @@ def load_data(
     ``inputs.NORMS``); default: the data set's own statistics (digits, CIFAR), ImageNet's for
     ``imagefolder`` (what torchvision and timm classifiers are trained with).
     ``image_size``: the side ``imagefolder`` images are resized to (digits and CIFAR are 32).
+    ``channels``: how many channels the grey (Fashion-)MNIST images are given (the model's
+    first convolution's input channels); they are 28 px, padded to 32.
     """
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if channels < 1:
+        raise UserError(f"channels must be >= 1, got {channels}")
     if image_size < 1:
         raise UserError(f"the input size must be >= 1 pixel, got {image_size}")
     if name == "digits":
@@ -83,6 +121,9 @@ def load_data(
         source = "digits' own statistics"
     elif name in ("cifar10", "cifar100"):
         train, test, classes, hflip = _cifar(name, _need_dir(name, data_dir), download)
+        source = f"{name}'s own statistics"
+    elif name in _IDX:
+        train, test, classes, hflip = _idx_dataset(name, data_dir, channels)
         source = f"{name}'s own statistics"
     elif name == "imagefolder":
         return _imagefolder(_need_dir(name, data_dir), seed, val_fraction, image_size, norm)
@@ -173,6 +214,118 @@ def _cifar(name: str, root: Path, download: bool):
     xt, yt = _cifar_batch(base / test_file, key, classes)
     train = ArrayDataset(torch.cat(xs), torch.cat(ys), mean, std)
     return train, ArrayDataset(xt, yt, mean, std), classes, True
+
+
+# name -> (Debian package and its folder, torchvision's folder under ROOT, hflip valid)
+_IDX = {
+    "fashion-mnist": (
+        "dataset-fashion-mnist",
+        "/usr/share/datasets/fashion-mnist",
+        "FashionMNIST",
+        True,
+    ),
+    "mnist": ("dataset-mnist", "/usr/share/datasets/mnist", "MNIST", False),
+}
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _idx_folder(name: str, data_dir) -> Path:
+    """The folder holding ``name``'s four idx files: ``data_dir`` itself or torchvision's
+    ``data_dir/NAME/raw``; without ``data_dir``, the Debian package's folder."""
+    package, default, tv, _ = _IDX[name]
+    if data_dir is None:
+        if Path(default).is_dir():
+            return Path(default)
+        raise UserError(
+            f"{name} not found: install it (apt-get install {package}) or pass --data-dir "
+            f"(a folder with {_IDX_FILES[0]}.gz and the other idx files, or torchvision's "
+            f"ROOT with ROOT/{tv}/raw)"
+        )
+    root = Path(data_dir)
+    for folder in (root, root / tv / "raw"):
+        if _idx_path(folder, _IDX_FILES[0]) is not None:
+            return folder
+    raise UserError(
+        f"{name} not found in {root}: expected {_IDX_FILES[0]}[.gz] (and the other three idx "
+        f"files) there or in {root / tv / 'raw'} (torchvision's layout); apt-get install "
+        f"{package} puts them in {default}"
+    )
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    for p in (folder / f"{stem}.gz", folder / stem):
+        if p.is_file():
+            return p
+    return None
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An idx file of unsigned bytes (gzipped or not) as a uint8 tensor of its shape."""
+    raw = path.read_bytes()
+    try:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as exc:
+        raise UserError(f"corrupt idx file {path}: {exc}; reinstall or re-download it") from exc
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise UserError(f"{path} is not an idx file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    start = 4 + 4 * ndim
+    if len(raw) - start != int(np.prod(shape)):
+        raise UserError(
+            f"corrupt idx file {path}: header says {shape}, {len(raw) - start} bytes follow"
+        )
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=start).copy()).view(shape)
+
+
+def _idx_dataset(name: str, data_dir, channels: int):
+    folder = _idx_folder(name, data_dir)
+    arrays = []
+    for stem in _IDX_FILES:
+        path = _idx_path(folder, stem)
+        if path is None:
+            raise UserError(f"missing {stem}[.gz] in {folder}: the {name} folder is incomplete")
+        arrays.append(read_idx(path))
+    x_tr, y_tr, x_te, y_te = arrays
+    for x, y, what in ((x_tr, y_tr, "train"), (x_te, y_te, "t10k")):
+        if x.dim() != 3 or y.dim() != 1 or len(x) != len(y):
+            raise UserError(
+                f"{name} in {folder}: {what} images {tuple(x.shape)} do not match labels "
+                f"{tuple(y.shape)}"
+            )
+        if len(y) and int(y.max()) > 9:
+            raise UserError(f"{name} in {folder}: {what} labels outside 0..9")
+    x_tr, x_te = _pad_to_32(x_tr, channels), _pad_to_32(x_te, channels)
+    mean, std = _pixel_stats(x_tr[:, 0])
+    ds = [
+        ArrayDataset(x, y.long(), [mean] * channels, [std] * channels)
+        for x, y in ((x_tr, y_tr), (x_te, y_te))
+    ]
+    return ds[0], ds[1], 10, _IDX[name][3]
+
+
+def _pad_to_32(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """28 px images centred in 32 px (the CIFAR models' input), one channel per model input
+    channel (a view: the grey image is stored once)."""
+    pad = max(0, 32 - x.shape[-1])
+    x = torch.nn.functional.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+    return x[:, None].expand(-1, channels, -1, -1)
+
+
+def _pixel_stats(x: torch.Tensor) -> tuple[float, float]:
+    """Mean and std of uint8 pixels in [0, 1], from their histogram (no float copy)."""
+    hist = torch.bincount(x.reshape(-1), minlength=256).double()
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    n = hist.sum()
+    mean = float((hist * values).sum() / n)
+    var = float((hist * (values - mean) ** 2).sum() / n)
+    return mean, max(var, 1e-12) ** 0.5
 
 
 class _ArraysOnly(pickle.Unpickler):

@@ -13,10 +13,12 @@ from qmixprune.errors import UserError
 from qmixprune.models import create
 from qmixprune.run.compress import CompressConfig, compress
 from qmixprune.search import EnvConfig, SearchConfig
+from qmixprune.search.pick import PickConfig
 
 SMALL = CompressConfig(
     search=SearchConfig(episodes=3, env=EnvConfig(reward_batches=1, calib_batches=1)),
     distill=DistillConfig(epochs=1, batch_size=128),
+    pick=PickConfig(top_k=2, steps=1, val_batches=1),
     bench_runs=2,
     allow_untrained=True,  # an untrained model: these tests check the mechanics
 )
@@ -217,3 +219,55 @@ def test_unreachable_target_leaves_out_untouched(tmp_path, model_file, capsys):
     err = capsys.readouterr().err
     assert "target 0.0005 of the MACs is unreachable" in err, err  # the number as given
     assert not out.exists()
+
+
+def test_fixed_plan_skips_the_search_and_says_its_source(tmp_path, model_file):
+    cfg = replace(SMALL, plan="uniform", export=False, distill=replace(SMALL.distill, epochs=0))
+    out = tmp_path / "u"
+    res = compress(q.load(model_file), load_data("digits"), 0.5, cfg, out=out, quiet=True)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["source"] == "uniform" and plan["pick"] is None and plan["episodes"] == 0
+    assert res.search["source"] == "uniform" and res.search["evaluations"] == 1
+    assert not (out / "search_log.jsonl").exists()
+    with pytest.raises(UserError, match="plan must be one of"):
+        compress(q.load(model_file), load_data("digits"), 0.5, replace(cfg, plan="best"))
+
+
+def test_final_pick_is_the_plan_fine_tuned_and_a_low_tau_is_reported(
+    tmp_path, model_file, monkeypatch
+):
+    from qmixprune.search import pick as pick_module
+
+    # distillation skipped, the smallest plan scored best, and a tau as the benchmark saw it
+    monkeypatch.setattr(pick_module, "short_distill", lambda s, t, b, n, lr: s)
+    monkeypatch.setattr(pick_module, "kendall_tau", lambda a, b: -0.24)
+    monkeypatch.setattr(
+        pick_module, "val_accuracy", lambda m, val: -sum(p.numel() for p in m.parameters())
+    )
+    cfg = replace(
+        SMALL,
+        export=False,
+        distill=replace(SMALL.distill, epochs=0),
+        search=replace(SMALL.search, episodes=6),
+        pick=PickConfig(top_k=4, steps=1, val_batches=1),
+    )
+    out = tmp_path / "p"
+    res = compress(q.load(model_file), load_data("digits"), 0.5, cfg, out=out, quiet=True)
+    plan = json.loads((out / "plan.json").read_text())
+    pick = res.search["pick"]
+    assert plan["source"] == res.search["source"] == "search+pick"
+    assert plan["pick"]["index"] == pick["index"] and len(pick["candidates"]) >= 2
+    winner = pick["candidates"][pick["index"]]
+    assert all(
+        res.channels[g]["after"] == winner["counts"][g] == plan["groups"][g]["kept"]
+        for g in winner["counts"]
+    )
+    # plan.json says the winner's search reward, not the search's best
+    assert plan["reward"] == winner["search_reward"]
+    assert pick["tau"] == -0.24
+    assert any("did not predict" in w and "tau -0.24" in w for w in res.warnings)
+    assert "did not predict" in (out / "report.md").read_text()
+    nopick = compress(
+        q.load(model_file), load_data("digits"), 0.5, replace(cfg, pick=PickConfig(enabled=False))
+    )
+    assert nopick.search["source"] == "search" and nopick.search["pick"] is None

@@ -91,4 +91,90 @@ def test_imagefolder(tmp_path):
 
 def test_unknown_dataset():
     with pytest.raises(UserError, match="unknown data set"):
+        load_data("kmnist")
+
+
+def write_idx(path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    if gz:
+        import gzip
+
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+
+
+def write_fake_mnist(folder, n_train=30, n_test=10, gz=True):
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28))
+        images[:, 0, 0] = 255  # a corner pixel we can find after padding
+        write_idx(folder / f"{stem}-images-idx3-ubyte", images, gz)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte", rng.integers(0, 10, n), gz)
+    return folder
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fashion_mnist_idx_files(tmp_path, gz, channels):
+    write_fake_mnist(tmp_path, gz=gz)
+    d = load_data("fashion-mnist", data_dir=tmp_path, seed=1, channels=channels)
+    assert (len(d.train) + len(d.val), len(d.test)) == (30, 10)
+    assert d.num_classes == 10 and d.hflip and d.input_shape == (channels, 32, 32)
+    x, y = d.test[0]
+    assert x.shape == (channels, 32, 32) and 0 <= int(y) < 10
+    # 28 px centred in 32: a 2-pixel border of zeros (after normalisation: -mean/std)
+    raw = x * torch.tensor(d.std).view(-1, 1, 1) + torch.tensor(d.mean).view(-1, 1, 1)
+    assert raw[:, :2].abs().max() < 1e-6 and raw[:, :, -2:].abs().max() < 1e-6
+    assert torch.allclose(raw[:, 2, 2], torch.ones(1), atol=1e-6)  # the marked corner pixel
+    assert all(torch.allclose(raw[0], raw[c]) for c in range(channels))
+    # the data set's own statistics, from the (padded) training images
+    pixels = torch.stack([d.train.dataset.images[i, 0] for i in range(30)]).double() / 255
+    assert d.mean[0] == pytest.approx(float(pixels.mean()), abs=1e-6)
+    assert d.std[0] == pytest.approx(float(pixels.std(unbiased=False)), abs=1e-6)
+
+
+def test_mnist_torchvision_layout(tmp_path):
+    write_fake_mnist(tmp_path / "MNIST" / "raw", gz=False)
+    d = load_data("mnist", data_dir=tmp_path)
+    assert len(d.test) == 10 and not d.hflip
+
+
+def test_idx_missing_and_corrupt(tmp_path):
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte.*FashionMNIST/raw.*apt-get"):
+        load_data("fashion-mnist", data_dir=tmp_path)
+    folder = write_fake_mnist(tmp_path)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(UserError, match="missing t10k-labels-idx1-ubyte"):
+        load_data("fashion-mnist", data_dir=tmp_path)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\0\0\0\x0a" + bytes(3))
+    with pytest.raises(UserError, match="corrupt idx file .*t10k-labels.*10.*3 bytes"):
+        load_data("fashion-mnist", data_dir=tmp_path)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(UserError, match="bad magic number"):
+        load_data("fashion-mnist", data_dir=tmp_path)
+
+
+def test_idx_default_folder_missing(monkeypatch):
+    import qmixprune.data as data
+
+    monkeypatch.setitem(data._IDX, "mnist", ("dataset-mnist", "/nonexistent/mnist", "MNIST", False))
+    with pytest.raises(UserError, match="apt-get install dataset-mnist"):
         load_data("mnist")
+
+
+def test_from_datasets_takes_plain_datasets():
+    from torch.utils.data import TensorDataset
+
+    from qmixprune.data import DataSplits
+
+    x = torch.randn(12, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 3] * 3)
+    ds = TensorDataset(x, y)
+    d = DataSplits.from_datasets(ds, ds, TensorDataset(x[:2], torch.tensor([5, 0])))
+    assert d.num_classes == 6 and d.input_shape == (1, 8, 8) and not d.hflip
+    assert DataSplits.from_datasets(ds, ds, ds, num_classes=10).num_classes == 10
+    with pytest.raises(UserError, match="test dataset is empty"):
+        DataSplits.from_datasets(ds, ds, TensorDataset(x[:0], y[:0]))

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder")
 IMPORTANCES = ("l1", "l2", "fpgm", "bn_scale", "random")
 
 
@@ -46,11 +46,16 @@ SEARCH_OPTIONS = (
     Option("env.steps"),
     Option("env.round_to"),
     Option("env.min_channels"),
+    Option("env.reward", "--reward"),
     Option("seed"),
 )
 COMPRESS_OPTIONS = (
     Option("target_flops"),
     Option("target_latency"),
+    Option("plan"),
+    Option("pick.enabled", "--no-pick", negate=True, help="fine-tune the search's best plan"),
+    Option("pick.top_k", "--pick-top-k"),
+    Option("pick.steps", "--pick-steps"),
     Option("search.episodes"),
     Option("search.envs"),
     Option("search.max_evaluations"),
@@ -58,6 +63,7 @@ COMPRESS_OPTIONS = (
     Option("search.env.steps"),
     Option("search.env.round_to"),
     Option("search.env.min_channels"),
+    Option("search.env.reward", "--reward"),
     Option("seed"),
     Option("distill.epochs"),
     Option("export", "--no-export", negate=True, help="skip ONNX export and latency"),
@@ -205,10 +211,15 @@ def data_args(sp: argparse.ArgumentParser) -> None:
         "--data",
         default="digits",
         choices=DATASETS,
-        help="data set (digits: embedded, 32x32; cifar10/100; imagefolder: one sub-folder "
-        "per class, train/ + test/ or one tree split 80/20)",
+        help="data set (digits: embedded, 32x32; cifar10/100; fashion-mnist/mnist: idx files, "
+        "28 px padded to 32; imagefolder: one sub-folder per class, train/ + test/ or one "
+        "tree split 80/20)",
     )
-    sp.add_argument("--data-dir", help="where the data set lies (or is downloaded to)")
+    sp.add_argument(
+        "--data-dir",
+        help="where the data set lies (or is downloaded to); fashion-mnist/mnist: default the "
+        "Debian package's folder (apt-get install dataset-fashion-mnist), or torchvision's ROOT",
+    )
     sp.add_argument("--download", action="store_true", help="fetch CIFAR if missing")
     sp.add_argument(
         "--mean",

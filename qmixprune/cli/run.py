@@ -104,7 +104,7 @@ def search(args: argparse.Namespace) -> int:
     table = _latency_table(args)
     _check_out(args)
     model, _ = load_model(args, check=False)
-    data = load_data(args, cfg.seed)
+    data = load_data(args, cfg.seed, model)
     out = Path(args.output)
     ready = check_search(
         model, data, cfg, device=args.device, out=out, resume=args.resume, latency_table=table
@@ -132,7 +132,7 @@ def compress(args: argparse.Namespace) -> int:
     table = _latency_table(args)
     _check_out(args)
     model, _ = load_model(args, check=False)
-    data = load_data(args, cfg.seed)
+    data = load_data(args, cfg.seed, model)
     cfg, ready = check_compress(
         model, data, cfg, out=args.output, resume=args.resume, latency_table=table
     )
@@ -144,8 +144,9 @@ def compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_data(args: argparse.Namespace, seed: int):
-    """The run's data, fed as the model expects: --input-size (imagefolder), --mean/--std."""
+def load_data(args: argparse.Namespace, seed: int, model=None):
+    """The run's data, fed as the model expects: --input-size (imagefolder), --mean/--std,
+    grey images given as many channels as ``model``'s first convolution takes."""
     from ..data import load_data
     from ..inputs import parse_norm
 
@@ -156,7 +157,18 @@ def load_data(args: argparse.Namespace, seed: int):
             "images are resized"
         )
     size = args.input_size_used if args.data == "imagefolder" else 32
-    return load_data(args.data, args.data_dir, args.download, seed, image_size=size, norm=norm)
+    channels = first_conv_channels(model) if model is not None else 3
+    return load_data(
+        args.data, args.data_dir, args.download, seed, image_size=size, norm=norm, channels=channels
+    )
+
+
+def first_conv_channels(model) -> int:
+    """The input channels of ``model``'s first convolution (3 when it has none)."""
+    import torch.nn as nn
+
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
 
 
 def _wrote(out) -> str:

@@ -26,6 +26,8 @@ from ..graph import Graph
 from ..progress import progress
 from ..pruning import Plan, plan_for_counts
 from ..search import SearchConfig, SearchResult, build_env, search
+from ..search.baselines import global_l1, uniform
+from ..search.pick import PickResult, low_tau_warning, pick
 from ..train import accuracy
 from . import outputs
 from .config import CompressConfig
@@ -46,6 +48,9 @@ class Found:
     student: nn.Module
     round_to: int
     predicted_latency: float | None  # the latency model's ratio for the plan, if any
+    source: str = "search"  # search, search+pick, uniform or global: where the plan came from
+    pick: PickResult | None = None  # the final pick's record, when it ran
+    env: object | None = None  # the PruningEnv the plan was scored in
 
 
 @dataclass
@@ -147,12 +152,28 @@ def run_stages(
         f"original: {ready.macs:,} MACs, {ready.params:,} params, {label} {ready.teacher_score:.4f}"
     )
 
-    found = run_search(teacher, data, cfg.search, ready, out, resume, quiet, score=score)
-    log(
-        f"search: best val reward {found.result.reward:.4f} at {found.result.macs_ratio:.4f} of "
-        f"the MACs{early_stop_text(found.result.early_stop)}; distilling {cfg.distill.epochs} "
-        "epochs"
+    found = run_search(
+        teacher, data, cfg.search, ready, out, resume, quiet, score=score, plan=cfg.plan
     )
+    if cfg.plan == "search":
+        log(
+            f"search: best val reward {found.result.reward:.4f} at {found.result.macs_ratio:.4f} "
+            f"of the MACs{early_stop_text(found.result.early_stop)}"
+        )
+    else:
+        log(f"plan: {cfg.plan} at {found.result.macs_ratio:.4f} of the MACs (no search)")
+    if cfg.plan == "search" and cfg.pick.enabled:
+        if data is not None and score is None and train_step is None:
+            found = run_pick(found, teacher, data, cfg, out)
+            p = found.pick
+            tau = "n/a" if p.tau is None else f"{p.tau:.2f}"
+            log(
+                f"pick: plan {p.index} of the search's top {len(p.candidates)} after {p.steps} "
+                f"distillation steps ({p.seconds:.0f} s); Kendall tau {tau}"
+            )
+        else:
+            log("pick: skipped (it needs classification data, without score= or train_step=)")
+    log(f"distilling {cfg.distill.epochs} epochs")
     student, history = found.student, []  # without data= there is nothing to fine-tune on
     with progress(cfg.distill.epochs, "distill", quiet) as update:
         if data is not None:
@@ -174,6 +195,8 @@ def run_stages(
     macs, params = count(student, x)
     value = float(score(student)) if score is not None else accuracy(student, data.test)
     result = _result(cfg, ready, found, history, student, macs, params, value)
+    if found.pick is not None and found.pick.low_tau():
+        result.warnings.append(low_tau_warning(found.pick))
     if ready.untrained:
         result.warnings.append(
             f"the original model's test accuracy ({ready.teacher_score:.4f}) is at chance level "
@@ -208,9 +231,11 @@ def run_search(
     quiet: bool = False,
     *,
     score: Score | None = None,
+    plan: str = "search",
 ) -> Found:
     """The QMIX search of a checked run (``ready``); with ``out``, rank 0 writes its
-    config, log, checkpoint, plan.json and reward curve there (every rank resumes)."""
+    config, log, checkpoint, plan.json and reward curve there (every rank resumes).
+    ``plan`` "uniform" or "global" makes that one plan instead, with no search."""
     env = build_env(
         model,
         data,
@@ -223,6 +248,8 @@ def run_search(
         measured=ready.measured,
     )
     main = out is not None and is_main()
+    if plan != "search":
+        return _fixed_plan(env, plan, out if main else None)
     if main:
         outputs.write_record(out, outputs.SEARCH_CONFIG, as_dict(cfg))
     files = outputs.search_files(out) if out is not None else None
@@ -232,17 +259,65 @@ def run_search(
             update(1, f"best {entry['best']:.4f}  evals {entry['evaluations']}")
 
         result = search(env, cfg, files, resume=resume, on_episode=on_episode)
-    plan = plan_for_counts(env.graph, result.counts, env.ranking)
     if main:
-        outputs.write_search(out, env.graph, plan, result)
+        plan = plan_for_counts(env.graph, result.counts, env.ranking)
+        outputs.write_search(out, env.graph, plan, result, source="search")
+    return _found(env, result, "search")
+
+
+def _found(env, result: SearchResult, source: str, picked: PickResult | None = None) -> Found:
     return Found(
         result,
         env.graph,
-        plan,
+        plan_for_counts(env.graph, result.counts, env.ranking),
         env.evaluator.candidate(result.counts),
         env.cfg.round_to,
         env.latency.ratio(result.counts) if env.latency else None,
+        source,
+        picked,
+        env,
     )
+
+
+def _fixed_plan(env, kind: str, out: Path | None) -> Found:
+    """``--plan uniform|global``: that plan, scored once by the search's reward (no search)."""
+    import time
+
+    start = time.perf_counter()
+    made = {"uniform": uniform, "global": global_l1}[kind](env)
+    result = SearchResult(
+        made.counts,
+        made.reward,
+        env.cost.ratio(made.counts),
+        made.evaluations,
+        0,
+        time.perf_counter() - start,
+        [],
+    )
+    found = _found(env, result, kind)
+    if out is not None:
+        outputs.write_search(out, env.graph, found.plan, result, source=kind)
+    return found
+
+
+def run_pick(
+    found: Found, teacher: nn.Module, data: DataSplits, cfg: CompressConfig, out: Path | None
+) -> Found:
+    """The final pick over the search's best plans (``search.pick``); the winner as the
+    plan to fine-tune, with plan.json rewritten to say so."""
+    env = found.env
+    picked = pick(env, teacher, data, cfg.pick, seed=cfg.seed)
+    r = found.result
+    result = replace(
+        r,
+        counts=picked.counts,
+        reward=env.cache[tuple(picked.counts[g] for g in env.groups)],
+        macs_ratio=env.cost.ratio(picked.counts),
+    )
+    new = _found(env, result, "search+pick", picked)
+    if out is not None and is_main():
+        outputs.write_search(out, env.graph, new.plan, result, source=new.source, pick=picked)
+    return new
 
 
 def _result(
@@ -278,6 +353,8 @@ def _result(
             # the latency model's prediction, to set against the measured speed-up
             "predicted_latency": found.predicted_latency,
             "latency_table_batch": table.get("batch") if table else None,
+            "source": found.source,
+            "pick": found.pick.summary() if found.pick is not None else None,
         },
         finetune=history,
         latency=None,

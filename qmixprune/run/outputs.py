@@ -76,8 +76,9 @@ def search_files(out: Path):
     return SearchFiles(out / SEARCH_CHECKPOINT, out / SEARCH_LOG)
 
 
-def write_search(out: Path, graph, plan, result) -> None:
-    """plan.json (every group's kept channels and indices) and the reward curve."""
+def write_search(out: Path, graph, plan, result, source: str = "search", pick=None) -> None:
+    """plan.json (every group's kept channels and indices, where the plan came from and the
+    final pick's record) and the reward curve."""
     from . import report
 
     doc = report.plan_json(graph, plan, result.macs_ratio)
@@ -86,6 +87,8 @@ def write_search(out: Path, graph, plan, result) -> None:
         evaluations=result.evaluations,
         episodes=result.episodes,
         evaluations_per_second=result.evaluations / max(result.seconds, 1e-9),
+        source=source,
+        pick=pick.summary() if pick is not None else None,
     )
     write_json(out / PLAN, doc)
     report.plot_rewards(result.log, out / REWARD_PLOT)

@@ -73,6 +73,7 @@ def check_compress(
     """Every check of a ``compress`` run (see the module docstring); returns the resolved
     config (its device decided) and what was measured. Moves ``model`` to that device."""
     cfg = cfg.resolved()
+    cfg.validate()
     cfg.search.env.validate()
     cfg.distill.validate()
     check_latency_table(cfg.target_latency, latency_table)

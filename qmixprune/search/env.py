@@ -33,6 +33,7 @@ from ..graph import Graph
 from ..importance import group_scores, ranks
 from ..rounding import DEFAULT_MULTIPLE
 from .evaluator import PlanEvaluator, Score, calib_inputs, val_score
+from .rewards import REWARDS, distill_score, kl_score
 
 N_GLOBAL = 4  # step, budget load of the proposal (1 = on target), first target, load - 1
 
@@ -53,7 +54,10 @@ class EnvConfig:
     reward_batches: int = 4  # val batches scored per plan (the reward)
     calib_batches: int = 8  # training batches that re-estimate BN statistics per plan
     adaptive_bn: bool = True  # recalibrate BN statistics before scoring a plan
-    reward: str = "acc"  # "acc" or "loss" (negative cross-entropy: smoother, cheaper signal)
+    # acc, loss (negative cross-entropy), kl (negative KL divergence from the teacher's val
+    # outputs) or distill (val accuracy after distill_steps of distillation; slower)
+    reward: str = "acc"
+    distill_steps: int = 25  # distillation steps per plan for reward "distill"
     step_reward: bool = False  # reward every step's projected plan, not only the last
     channels_last: bool | None = None  # score candidates in that layout; None: on CPU if it runs
 
@@ -68,8 +72,10 @@ class EnvConfig:
             raise UserError("steps >= 1, n_actions >= 2 and action_step > 0 are required")
         if self.round_to is not None and self.round_to < 1:
             raise UserError(f"round_to must be >= 1, got {self.round_to}")
-        if self.reward not in ("acc", "loss"):
-            raise UserError(f"reward must be 'acc' or 'loss', got {self.reward!r}")
+        if self.reward not in REWARDS:
+            raise UserError(f"reward must be one of {list(REWARDS)}, got {self.reward!r}")
+        if self.distill_steps < 1:
+            raise UserError(f"distill_steps must be >= 1, got {self.distill_steps}")
 
 
 def default_round_to(latency) -> int:
@@ -283,9 +289,9 @@ def build_env(
     ``calib``: model inputs (tensors, or batches whose first element is the input) for BN
     recalibration; default: ``cfg.calib_batches`` fixed shuffled batches of ``data.train``.
     ``score(pruned) -> float`` (higher is better): the reward of a pruned, recalibrated
-    candidate; default: accuracy (or -loss) on ``cfg.reward_batches`` fixed batches of
-    ``data.val``. ``data`` may be None when both are given. ``device`` (default: the model's)
-    is where those batches are moved, once, and where candidates are evaluated.
+    candidate; default: ``cfg.reward`` (see ``rewards``) on ``cfg.reward_batches`` fixed
+    batches of ``data.val``. ``data`` may be None when both are given. ``device`` (default:
+    the model's) is where those batches are moved, once, and where candidates are evaluated.
     ``measured``: the model's analysis, costs and bounds when the caller has made them
     (``measure``); else they are made here.
     """
@@ -302,7 +308,7 @@ def build_env(
         val = [to_device(b, device) for b in itertools.islice(val, cfg.reward_batches)]
         if not val:
             raise UserError("the data set is empty: no validation batches for the reward")
-        score = val_score(val, cfg.reward)
+        score = reward_score(model, data, val, cfg, batch_size, seed, device)
     if measured is None:
         shape = data.input_shape if data is not None else tuple(calib[0].shape[1:])
         measured = measure(model, shape, cfg, latency_table)
@@ -318,6 +324,23 @@ def build_env(
         limits=measured.bounds,
         rows=measured.rows,
     )
+
+
+def reward_score(model, data, val, cfg: EnvConfig, batch_size, seed, device) -> Score:
+    """``cfg.reward`` on the fixed ``val`` batches (already on ``device``); ``model`` is the
+    teacher that ``kl`` and ``distill`` compare against."""
+    from ..train import loader
+
+    if cfg.reward in ("acc", "loss"):
+        return val_score(val, cfg.reward)
+    if cfg.reward == "kl":
+        with torch.no_grad():
+            logits = [model.eval()(x).float() for x, _ in val]
+        return kl_score(val, logits)
+    # fixed batches, another stream than the BN calibration's: every plan trains on the same
+    batches = loader(data.train, batch_size, shuffle=True, seed=seed + 1)
+    train = [to_device(b, device) for b in itertools.islice(batches, cfg.distill_steps)]
+    return distill_score(model, train, val, cfg.distill_steps)
 
 
 @dataclass(frozen=True)
