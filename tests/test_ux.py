@@ -112,6 +112,7 @@ def _args(*argv):
 def test_presets_layer_under_config_and_flags(tmp_path):
     quick = compress_config(_args("--preset", "quick"))
     assert quick.search.episodes == 40 and quick.distill.epochs == 3
+    assert (quick.pick.top_k, quick.pick.steps) == (4, 10)
     assert (
         compress_config(_args()).search.episodes
         == compress_config(_args("--preset", "default")).search.episodes

@@ -18,6 +18,9 @@ PRESETS: dict[str, dict] = {
             "env": {"reward_batches": 2, "calib_batches": 4},
         },
         "distill": {"epochs": 3},
+        # the final pick in proportion: about 80 distillation steps, not the default's 400
+        # (more than 3 epochs of fine-tuning on the digits demo)
+        "pick": {"top_k": 4, "steps": 10},
     },
     # the config dataclasses' own defaults
     "default": {},
