@@ -225,3 +225,17 @@ class UpNet(nn.Module):
 
     def forward(self, x):
         return self.out(F.silu(self.bn(self.up(self.a(x)))))
+
+
+class GhostSlice(nn.Module):
+    """GhostNet's module: two convs concatenated, then ``[:, :stop]`` (all of them when
+    ``stop`` is their width)."""
+
+    def __init__(self, stop: int = 8) -> None:
+        super().__init__()
+        self.stop = stop
+        self.primary, self.cheap = ConvAct(3, 4, 3), ConvAct(3, 4, 3)
+        self.out = nn.Conv2d(stop, 2, 1)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.primary(x), self.cheap(x)], 1)[:, : self.stop])

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from nets import C2fLike, HalvesNet, YoloLike, randomize_bn
+from nets import C2fLike, GhostSlice, HalvesNet, YoloLike, randomize_bn
 from test_prune import masked_reference
 
 from qmixprune import analyze, apply_plan, count, make_plan
@@ -102,3 +102,17 @@ def test_export_capture_leaves_model_state_alone():
     _quiet_analyze(model, torch.randn(2, 3, 8, 8))
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_slice_that_keeps_every_channel_passes_them_on():
+    model = randomize_bn(GhostSlice(8)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = analyze(model, x)
+    assert graph.group("primary.0").prunable and graph.group("cheap.0").prunable
+    plan = make_plan(model, graph, 0.5)
+    pruned = apply_plan(model, graph, plan).eval()
+    with torch.no_grad():  # the literal bound clamps to the pruned width
+        torch.testing.assert_close(pruned(x), masked_reference(model, graph, plan)(x))
+    with pytest.warns(UserWarning, match="getitem"):
+        cut = analyze(GhostSlice(6), torch.randn(1, 3, 8, 8))
+    assert not cut.group("cheap.0").prunable

@@ -30,6 +30,7 @@ from .ops import (
     REDUCE,
     SHAPE_ONLY_METHODS,
     SLICE,
+    SLICE_WHOLE,
     SPLIT,
 )
 from .slots import SlotRules
@@ -327,7 +328,8 @@ class Propagator(SlotRules):
         index = index if isinstance(index, tuple) else (index,)
         if any(not isinstance(i, (int, slice)) for i in index):
             return self.unknown(node)
-        if len(index) > value.axis and not _whole(index[value.axis]):
+        width = shape(src)[value.axis]
+        if len(index) > value.axis and not _whole(index[value.axis], width):
             return self.unknown(node)
         axis = value.axis - sum(isinstance(i, int) for i in index[: value.axis])
         ndim = value.ndim - sum(isinstance(i, int) for i in index)
@@ -342,7 +344,11 @@ class Propagator(SlotRules):
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         dim %= layout.ndim
         if dim == layout.axis:
-            return self.unknown(node)
+            bounds = list(node.args[2:]) + [None] * 3
+            if node.target not in SLICE_WHOLE or not _whole(
+                slice(*bounds[:3]), shape(node.args[0])[dim]
+            ):
+                return self.unknown(node)
         if len(out_shape) == layout.ndim:
             return Layout(layout.axis, layout.ndim, layout.segs)
         return Layout(layout.axis - (dim < layout.axis), len(out_shape), layout.segs)
@@ -352,10 +358,13 @@ class Propagator(SlotRules):
         return build_graph(self.spaces, list(self.slots.values()), input_shape, self.warnings)
 
 
-def _whole(index) -> bool:
-    """Whether an index keeps every entry of its axis, at any size (a channel axis that
-    shrinks must still be taken whole)."""
-    return isinstance(index, slice) and index == slice(None, None, None)
+def _whole(index, width: int) -> bool:
+    """Whether an index keeps every entry of an axis of ``width`` entries, and would keep
+    them all at any smaller width (GhostNet's ``out[:, : self.oup]``: a slice from 0 to a
+    literal bound clamps to a pruned axis)."""
+    if not isinstance(index, slice) or index.start not in (None, 0) or index.step not in (None, 1):
+        return False
+    return index.stop is None or (isinstance(index.stop, int) and index.stop >= width)
 
 
 def _piece_shapes(node: fx.Node) -> list[tuple[int, ...]] | None:
