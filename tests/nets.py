@@ -239,3 +239,22 @@ class GhostSlice(nn.Module):
 
     def forward(self, x):
         return self.out(torch.cat([self.primary(x), self.cheap(x)], 1)[:, : self.stop])
+
+
+class SplitSizes(nn.Module):
+    """Splits at sizes held by the module: MixNet's list (``self.splits``, every piece its
+    own conv) or C2PSA's one int (``self.c``, two equal halves)."""
+
+    def __init__(self, one_int: bool = False) -> None:
+        super().__init__()
+        self.one_int = one_int
+        self.splits, self.c = [3, 5], 4
+        self.a = ConvAct(3, 8, 3)
+        self.p0 = ConvAct(4 if one_int else 3, 4, 3)
+        self.p1 = ConvAct(4 if one_int else 5, 4, 3)
+        self.out = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        lo, hi = x.split((self.c, self.c), 1) if self.one_int else torch.split(x, self.splits, 1)
+        return self.out(torch.cat([self.p0(lo), self.p1(hi), x], 1))

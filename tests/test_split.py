@@ -5,10 +5,10 @@ import warnings
 
 import pytest
 import torch
-from nets import C2fLike, GhostSlice, HalvesNet, YoloLike, randomize_bn
+from nets import C2fLike, GhostSlice, HalvesNet, SplitSizes, YoloLike, randomize_bn
 from test_prune import masked_reference
 
-from qmixprune import analyze, apply_plan, count, make_plan
+from qmixprune import analyze, apply_plan, count, load, make_plan, save
 from qmixprune.graph.spaces import Spaces
 
 
@@ -116,3 +116,26 @@ def test_slice_that_keeps_every_channel_passes_them_on():
     with pytest.warns(UserWarning, match="getitem"):
         cut = analyze(GhostSlice(6), torch.randn(1, 3, 8, 8))
     assert not cut.group("cheap.0").prunable
+
+
+@pytest.mark.parametrize("one_int", [False, True], ids=["list", "int"])
+def test_split_sizes_held_by_the_module_follow_the_kept_counts(one_int, tmp_path):
+    model = randomize_bn(SplitSizes(one_int)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = analyze(model, x)
+    assert [(s.module, s.attr, s.whole) for s in graph.sizes] == [
+        ("", "c" if one_int else "splits", one_int)
+    ]
+    assert graph.group("a.0").prunable
+    if one_int:  # equal halves keep the same positions: one group of 4
+        assert graph.group("a.0").channels == 4
+    plan = make_plan(model, graph, {"a.0": 0.5})
+    pruned = apply_plan(model, graph, plan).eval()
+    if one_int:
+        assert pruned.c == 2 and model.c == 4
+    else:
+        assert sum(pruned.splits) == pruned.a[0].out_channels < 8 and model.splits == [3, 5]
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked_reference(model, graph, plan)(x))
+    restored = load(save(pruned, tmp_path / "s.safetensors", (3, 8, 8)), model=SplitSizes(one_int))
+    assert (restored.c, restored.splits) == (pruned.c, pruned.splits)

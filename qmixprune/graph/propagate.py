@@ -35,7 +35,7 @@ from .ops import (
 )
 from .slots import SlotRules
 from .spaces import Spaces
-from .types import Graph, Seg, Slot
+from .types import Graph, Seg, Sizes, Slot
 
 # what a node's layout can be: none, one, or one per piece of a tuple (a chunk's)
 Value = Layout | tuple | None
@@ -49,6 +49,7 @@ class Propagator(SlotRules):
         self.slots: dict[tuple[str, str], Slot] = {}
         self.layouts: dict[fx.Node, Value] = {}
         self.warnings: list[str] = []
+        self.sizes: list[Sizes] = []
 
     def use(self, graph: fx.Graph, root: nn.Module, prefix: str = "", outside=()) -> None:
         """Analyse ``graph`` next, whose modules and attributes are those of ``root``: the
@@ -278,18 +279,50 @@ class Propagator(SlotRules):
             ok = all(len(p) == layout.ndim for p in pieces)
             return tuple(layout for _ in pieces) if ok else self.unknown(node)
         widths = [p[dim] for p in pieces]
+        holder = None
         if node.target in SPLIT or len(set(widths)) != 1:
-            self.block(layout, f"{op_name(node)} (splits the channels at literal sizes)")
-            return None
+            holder = self.size_holder(node, widths)
+            if holder is None:
+                self.block(layout, f"{op_name(node)} (splits the channels at literal sizes)")
+                return None
         cut = self.cut(layout, widths)
         if cut is None:
             self.block(layout, f"{op_name(node)} (cuts inside flattened channels)")
             return None
         lays = tuple(Layout(layout.axis, layout.ndim, segs) for segs in cut)
+        if holder is not None:
+            self.sizes.append(Sizes(holder[0], holder[1], tuple(cut), holder[2]))
+            if not holder[2]:  # a list of sizes: every piece prunes on its own
+                return lays
         for lay in lays[1:]:
             if not self.tie(lays[0], lay, f"{op_name(node)} (pieces made differently)"):
                 return None
         return lays
+
+    def size_holder(self, node: fx.Node, widths: list[int]) -> tuple[str, str, bool] | None:
+        """The attribute of the module running ``node`` that holds the split's sizes: a
+        list equal to ``widths``, or one int equal to every piece's width (the pieces then
+        keep equal counts); (module, attribute, whether an int) or None. An int must be the
+        only one of its module equal to the width (else which one the split used is a
+        guess)."""
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        try:
+            owner = self.root.get_submodule(path)
+        except AttributeError:
+            return None
+        lists, ints = [], []
+        for attr, value in vars(owner).items():
+            if attr.startswith("_") or isinstance(value, bool):
+                continue
+            if isinstance(value, (list, tuple)) and list(value) == widths:
+                lists.append(attr)
+            elif isinstance(value, int) and len(set(widths)) == 1 and value == widths[0]:
+                ints.append(attr)
+        prefix = self.prefix + path
+        if len(lists) == 1:
+            return prefix, lists[0], False
+        return (prefix, ints[0], True) if len(ints) == 1 and not lists else None
 
     def cut(self, layout: Layout, widths: list[int]) -> list[tuple[Seg, ...]] | None:
         """The segments of each consecutive piece of ``widths`` channels, cutting spaces
@@ -355,7 +388,8 @@ class Propagator(SlotRules):
 
     # -- result ------------------------------------------------------------------------------
     def graph(self, input_shape: tuple[int, ...]) -> Graph:
-        return build_graph(self.spaces, list(self.slots.values()), input_shape, self.warnings)
+        slots = list(self.slots.values())
+        return build_graph(self.spaces, slots, input_shape, self.warnings, self.sizes)
 
 
 def _whole(index, width: int) -> bool:
