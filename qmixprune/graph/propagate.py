@@ -281,7 +281,8 @@ class Propagator(SlotRules):
         widths = [p[dim] for p in pieces]
         holder = None
         if node.target in SPLIT or len(set(widths)) != 1:
-            holder = self.size_holder(node, widths)
+            # a chunk of unequal pieces is cut by its count, which no size rewrite follows
+            holder = self.size_holder(node, widths) if node.target in SPLIT else None
             if holder is None:
                 self.block(layout, f"{op_name(node)} (splits the channels at literal sizes)")
                 return None
@@ -319,7 +320,7 @@ class Propagator(SlotRules):
                 lists.append(attr)
             elif isinstance(value, int) and len(set(widths)) == 1 and value == widths[0]:
                 ints.append(attr)
-        prefix = self.prefix + path
+        prefix = ".".join(p for p in (self.prefix.rstrip("."), path) if p)
         if len(lists) == 1:
             return prefix, lists[0], False
         return (prefix, ints[0], True) if len(ints) == 1 and not lists else None
