@@ -301,29 +301,28 @@ class Propagator(SlotRules):
         return lays
 
     def size_holder(self, node: fx.Node, widths: list[int]) -> tuple[str, str, bool] | None:
-        """The attribute of the module running ``node`` that holds the split's sizes: a
-        list equal to ``widths``, or one int equal to every piece's width (the pieces then
-        keep equal counts); (module, attribute, whether an int) or None. An int must be the
-        only one of its module equal to the width (else which one the split used is a
-        guess)."""
+        """The attribute of the module running ``node`` that holds the split's sizes: the
+        one list equal to ``widths``; (module, attribute, False) or None.
+
+        An int attribute equal to equal pieces' width (C2PSA's ``self.c``) is not taken:
+        the same module may read the width elsewhere from a shape (YOLO11's attention views
+        its values as ``x.shape``'s channels), a dependency torch.export's literal shapes
+        hide, and rewriting the int broke the pruned model there."""
         stack = node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0] if stack else ""
         try:
             owner = self.root.get_submodule(path)
         except AttributeError:
             return None
-        lists, ints = [], []
-        for attr, value in vars(owner).items():
-            if attr.startswith("_") or isinstance(value, bool):
-                continue
-            if isinstance(value, (list, tuple)) and list(value) == widths:
-                lists.append(attr)
-            elif isinstance(value, int) and len(set(widths)) == 1 and value == widths[0]:
-                ints.append(attr)
+        lists = [
+            attr
+            for attr, value in vars(owner).items()
+            if not attr.startswith("_")
+            and isinstance(value, (list, tuple))
+            and list(value) == widths
+        ]
         prefix = ".".join(p for p in (self.prefix.rstrip("."), path) if p)
-        if len(lists) == 1:
-            return prefix, lists[0], False
-        return (prefix, ints[0], True) if len(ints) == 1 and not lists else None
+        return (prefix, lists[0], False) if len(lists) == 1 else None
 
     def cut(self, layout: Layout, widths: list[int]) -> list[tuple[Seg, ...]] | None:
         """The segments of each consecutive piece of ``widths`` channels, cutting spaces
