@@ -258,3 +258,16 @@ class SplitSizes(nn.Module):
         x = self.a(x)
         lo, hi = x.split((self.c, self.c), 1) if self.one_int else torch.split(x, self.splits, 1)
         return self.out(torch.cat([self.p0(lo), self.p1(hi), x], 1))
+
+
+class GhostAdd(nn.Module):
+    """A concat of two convs (4 + 4 channels) added to one conv's 8: the sum ties them run
+    by run once the 8 are cut in two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p, self.q, self.short = ConvAct(3, 4, 3), ConvAct(3, 4, 3), ConvAct(3, 8, 1)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.p(x), self.q(x)], 1) + self.short(x))

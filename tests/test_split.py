@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from nets import C2fLike, GhostSlice, HalvesNet, SplitSizes, YoloLike, randomize_bn
+from nets import C2fLike, GhostAdd, GhostSlice, HalvesNet, SplitSizes, YoloLike, randomize_bn
 from test_prune import masked_reference
 
 from qmixprune import analyze, apply_plan, count, load, make_plan, save
@@ -138,3 +138,17 @@ def test_split_sizes_held_in_an_int_block():
     with pytest.warns(UserWarning, match="literal sizes"):
         graph = analyze(SplitSizes(one_int=True), torch.randn(1, 3, 8, 8))
     assert not graph.sizes and not graph.group("a.0").prunable
+
+
+def test_add_of_differently_cut_layouts_ties_them_run_by_run():
+    model = randomize_bn(GhostAdd()).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = analyze(model, x)
+    assert set(graph.group("p.0").modules) >= {"p.0", "short.0"}
+    assert set(graph.group("q.0").modules) >= {"q.0", "short.0"}
+    assert graph.group("p.0").prunable and graph.group("q.0").prunable
+    plan = make_plan(model, graph, {"p.0": 0.5, "q.0": 0.25})
+    pruned = apply_plan(model, graph, plan).eval()
+    assert pruned.short[0].out_channels == 2 + 3
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked_reference(model, graph, plan)(x))

@@ -85,9 +85,32 @@ class Propagator(SlotRules):
         )
         if same and all(self.spaces.union(x.space, y.space) for x, y in zip(a.segs, b.segs)):
             return True
+        if not same and self.tie_cut(a, b):
+            return True
         self.block(a, reason)
         self.block(b, reason)
         return False
+
+    def tie_cut(self, a: Layout, b: Layout) -> bool:
+        """Tie two layouts of the same width made of different runs (GhostNet adds a concat
+        of two convs to one conv's output) by cutting both where either has a boundary."""
+        sizes = self.spaces.sizes
+        if a.ndim - a.axis != b.ndim - b.axis or any(s.expand != 1 for s in a.segs + b.segs):
+            return False
+        ends = set()
+        for lay in (a, b):
+            total = 0
+            for seg in lay.segs:
+                total += sizes[seg.space]
+                ends.add(total)
+        if channel_width(sizes, a) != channel_width(sizes, b):
+            return False
+        bounds = sorted(ends)
+        widths = [e - s for s, e in zip([0, *bounds[:-1]], bounds)]
+        pa, pb = self.cut(a, widths), self.cut(b, widths)
+        if pa is None or pb is None:
+            return False
+        return all(self.spaces.union(x[0].space, y[0].space) for x, y in zip(pa, pb))
 
     # -- propagation ---------------------------------------------------------------------
     def run(self) -> None:
