@@ -222,11 +222,24 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     for m, attrs in sizes.items():
         for attr, n in attrs.items():
             setattr(modules[m], attr, (n,) if attr == "normalized_shape" else n)
+    for s in graph.sizes:  # the splits' sizes follow the kept counts
+        counts = [_kept_width(graph, plan, piece) for piece in s.pieces]
+        old = getattr(modules[s.module], s.attr)
+        setattr(modules[s.module], s.attr, counts[0] if s.whole else type(old)(counts))
     setattr(new, PLAN_ATTR, compose_plans(carried_plan(model), graph, plan))
     setattr(new, SHAPE_ATTR, list(graph.input_shape))
     if graph.parts:
         setattr(new, PARTS_ATTR, list(graph.parts))
     return new
+
+
+def _kept_width(graph: Graph, plan: Plan, segs) -> int:
+    """How many entries a run of segments keeps under ``plan``."""
+    width = 0
+    for seg in segs:
+        kept = plan.keep.get(graph.space_group.get(seg.space, ""))
+        width += (graph.space_sizes[seg.space] if kept is None else len(kept)) * seg.expand
+    return width
 
 
 def _own(m: nn.Module, name: str) -> torch.Tensor | None:

@@ -225,3 +225,49 @@ class UpNet(nn.Module):
 
     def forward(self, x):
         return self.out(F.silu(self.bn(self.up(self.a(x)))))
+
+
+class GhostSlice(nn.Module):
+    """GhostNet's module: two convs concatenated, then ``[:, :stop]`` (all of them when
+    ``stop`` is their width)."""
+
+    def __init__(self, stop: int = 8) -> None:
+        super().__init__()
+        self.stop = stop
+        self.primary, self.cheap = ConvAct(3, 4, 3), ConvAct(3, 4, 3)
+        self.out = nn.Conv2d(stop, 2, 1)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.primary(x), self.cheap(x)], 1)[:, : self.stop])
+
+
+class SplitSizes(nn.Module):
+    """Splits at sizes held by the module: MixNet's list (``self.splits``, every piece its
+    own conv) or C2PSA's one int (``self.c``, two equal halves)."""
+
+    def __init__(self, one_int: bool = False) -> None:
+        super().__init__()
+        self.one_int = one_int
+        self.splits, self.c = [3, 5], 4
+        self.a = ConvAct(3, 8, 3)
+        self.p0 = ConvAct(4 if one_int else 3, 4, 3)
+        self.p1 = ConvAct(4 if one_int else 5, 4, 3)
+        self.out = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        lo, hi = x.split((self.c, self.c), 1) if self.one_int else torch.split(x, self.splits, 1)
+        return self.out(torch.cat([self.p0(lo), self.p1(hi), x], 1))
+
+
+class GhostAdd(nn.Module):
+    """A concat of two convs (4 + 4 channels) added to one conv's 8: the sum ties them run
+    by run once the 8 are cut in two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p, self.q, self.short = ConvAct(3, 4, 3), ConvAct(3, 4, 3), ConvAct(3, 8, 1)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.p(x), self.q(x)], 1) + self.short(x))

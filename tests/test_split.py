@@ -5,10 +5,10 @@ import warnings
 
 import pytest
 import torch
-from nets import C2fLike, HalvesNet, YoloLike, randomize_bn
+from nets import C2fLike, GhostAdd, GhostSlice, HalvesNet, SplitSizes, YoloLike, randomize_bn
 from test_prune import masked_reference
 
-from qmixprune import analyze, apply_plan, count, make_plan
+from qmixprune import analyze, apply_plan, count, load, make_plan, save
 from qmixprune.graph.spaces import Spaces
 
 
@@ -102,3 +102,53 @@ def test_export_capture_leaves_model_state_alone():
     _quiet_analyze(model, torch.randn(2, 3, 8, 8))
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_slice_that_keeps_every_channel_passes_them_on():
+    model = randomize_bn(GhostSlice(8)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = analyze(model, x)
+    assert graph.group("primary.0").prunable and graph.group("cheap.0").prunable
+    plan = make_plan(model, graph, 0.5)
+    pruned = apply_plan(model, graph, plan).eval()
+    with torch.no_grad():  # the literal bound clamps to the pruned width
+        torch.testing.assert_close(pruned(x), masked_reference(model, graph, plan)(x))
+    with pytest.warns(UserWarning, match="getitem"):
+        cut = analyze(GhostSlice(6), torch.randn(1, 3, 8, 8))
+    assert not cut.group("cheap.0").prunable
+
+
+def test_split_sizes_held_in_a_list_follow_the_kept_counts(tmp_path):
+    model = randomize_bn(SplitSizes()).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = analyze(model, x)
+    assert [(s.module, s.attr, s.whole) for s in graph.sizes] == [("", "splits", False)]
+    assert graph.group("a.0").prunable
+    plan = make_plan(model, graph, {"a.0": 0.5})
+    pruned = apply_plan(model, graph, plan).eval()
+    assert sum(pruned.splits) == pruned.a[0].out_channels < 8 and model.splits == [3, 5]
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked_reference(model, graph, plan)(x))
+    restored = load(save(pruned, tmp_path / "s.safetensors", (3, 8, 8)), model=SplitSizes())
+    assert restored.splits == pruned.splits
+
+
+def test_split_sizes_held_in_an_int_block():
+    # the module may read the width from a shape elsewhere (YOLO11's attention): not guessed
+    with pytest.warns(UserWarning, match="literal sizes"):
+        graph = analyze(SplitSizes(one_int=True), torch.randn(1, 3, 8, 8))
+    assert not graph.sizes and not graph.group("a.0").prunable
+
+
+def test_add_of_differently_cut_layouts_ties_them_run_by_run():
+    model = randomize_bn(GhostAdd()).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = analyze(model, x)
+    assert set(graph.group("p.0").modules) >= {"p.0", "short.0"}
+    assert set(graph.group("q.0").modules) >= {"q.0", "short.0"}
+    assert graph.group("p.0").prunable and graph.group("q.0").prunable
+    plan = make_plan(model, graph, {"p.0": 0.5, "q.0": 0.25})
+    pruned = apply_plan(model, graph, plan).eval()
+    assert pruned.short[0].out_channels == 2 + 3
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked_reference(model, graph, plan)(x))

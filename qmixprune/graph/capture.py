@@ -36,7 +36,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, parts: list[str] | No
         fx_error = exc
     else:
         propagator = Propagator()
-        propagator.use(gm.graph, gm)
+        propagator.use(gm.graph, model)  # the user's modules: their attributes too
         propagator.run()
         return _warned(propagator.graph(shape))
     if isinstance(model, torch.jit.ScriptModule):

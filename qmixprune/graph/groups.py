@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from .spaces import Spaces
-from .types import PRODUCER_KINDS, Graph, Group, Seg, Slot
+from .types import PRODUCER_KINDS, Graph, Group, Seg, Sizes, Slot
 
 
 def build_graph(
-    spaces: Spaces, slots: list[Slot], input_shape: tuple[int, ...], warnings: list[str]
+    spaces: Spaces,
+    slots: list[Slot],
+    input_shape: tuple[int, ...],
+    warnings: list[str],
+    sizes: list[Sizes] = (),
 ) -> Graph:
     """One group per set of tied spaces that some conv or linear makes; a slot over a cut
     space lists the pieces it was cut into."""
@@ -41,4 +45,17 @@ def build_graph(
         if not reason and period == size:
             reason = "grouped convs leave one channel per group"
         groups.append(Group(name, size, tied, tuple(its), not reason, reason, period))
-    return Graph(groups, list(spaces.sizes), slots, input_shape, list(warnings))
+    leaves = [
+        Sizes(
+            s.module,
+            s.attr,
+            tuple(
+                tuple(Seg(x, g.expand) for g in p for x in spaces.leaves(g.space)) for p in s.pieces
+            ),
+            s.whole,
+        )
+        for s in sizes
+    ]
+    graph = Graph(groups, list(spaces.sizes), slots, input_shape, list(warnings))
+    graph.sizes = leaves
+    return graph

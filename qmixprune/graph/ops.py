@@ -178,3 +178,4 @@ CHUNK = {torch.chunk, "chunk", *_overloads("chunk")}
 SPLIT = {torch.split, "split", *_overloads("split", "split_with_sizes", "unsafe_split")}
 # indexing along one axis (the channel axis blocks: literal bounds)
 SLICE = {torch.narrow, "narrow", *_overloads("slice", "narrow", "select")}
+SLICE_WHOLE = _overloads("slice")  # (x, dim, start, end, step): may take the channels whole

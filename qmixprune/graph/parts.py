@@ -179,7 +179,7 @@ def analyze_parts(
             found.append((name, gm))
     for name, gm in found:
         inner = [name + "." + n for n, _ in gm.named_modules() if n]
-        analyzer.use(gm.graph, gm, name + ".", calls.outside(name, inner))
+        analyzer.use(gm.graph, modules[name], name + ".", calls.outside(name, inner))
         analyzer.run()
     graph = analyzer.graph(tuple(example_input.shape[1:]))
     graph.parts = [name for name, _ in found]

@@ -30,11 +30,12 @@ from .ops import (
     REDUCE,
     SHAPE_ONLY_METHODS,
     SLICE,
+    SLICE_WHOLE,
     SPLIT,
 )
 from .slots import SlotRules
 from .spaces import Spaces
-from .types import Graph, Seg, Slot
+from .types import Graph, Seg, Sizes, Slot
 
 # what a node's layout can be: none, one, or one per piece of a tuple (a chunk's)
 Value = Layout | tuple | None
@@ -48,6 +49,7 @@ class Propagator(SlotRules):
         self.slots: dict[tuple[str, str], Slot] = {}
         self.layouts: dict[fx.Node, Value] = {}
         self.warnings: list[str] = []
+        self.sizes: list[Sizes] = []
 
     def use(self, graph: fx.Graph, root: nn.Module, prefix: str = "", outside=()) -> None:
         """Analyse ``graph`` next, whose modules and attributes are those of ``root``: the
@@ -83,9 +85,32 @@ class Propagator(SlotRules):
         )
         if same and all(self.spaces.union(x.space, y.space) for x, y in zip(a.segs, b.segs)):
             return True
+        if not same and self.tie_cut(a, b):
+            return True
         self.block(a, reason)
         self.block(b, reason)
         return False
+
+    def tie_cut(self, a: Layout, b: Layout) -> bool:
+        """Tie two layouts of the same width made of different runs (GhostNet adds a concat
+        of two convs to one conv's output) by cutting both where either has a boundary."""
+        sizes = self.spaces.sizes
+        if a.ndim - a.axis != b.ndim - b.axis or any(s.expand != 1 for s in a.segs + b.segs):
+            return False
+        ends = set()
+        for lay in (a, b):
+            total = 0
+            for seg in lay.segs:
+                total += sizes[seg.space]
+                ends.add(total)
+        if channel_width(sizes, a) != channel_width(sizes, b):
+            return False
+        bounds = sorted(ends)
+        widths = [e - s for s, e in zip([0, *bounds[:-1]], bounds)]
+        pa, pb = self.cut(a, widths), self.cut(b, widths)
+        if pa is None or pb is None:
+            return False
+        return all(self.spaces.union(x[0].space, y[0].space) for x, y in zip(pa, pb))
 
     # -- propagation ---------------------------------------------------------------------
     def run(self) -> None:
@@ -277,18 +302,50 @@ class Propagator(SlotRules):
             ok = all(len(p) == layout.ndim for p in pieces)
             return tuple(layout for _ in pieces) if ok else self.unknown(node)
         widths = [p[dim] for p in pieces]
+        holder = None
         if node.target in SPLIT or len(set(widths)) != 1:
-            self.block(layout, f"{op_name(node)} (splits the channels at literal sizes)")
-            return None
+            # a chunk of unequal pieces is cut by its count, which no size rewrite follows
+            holder = self.size_holder(node, widths) if node.target in SPLIT else None
+            if holder is None:
+                self.block(layout, f"{op_name(node)} (splits the channels at literal sizes)")
+                return None
         cut = self.cut(layout, widths)
         if cut is None:
             self.block(layout, f"{op_name(node)} (cuts inside flattened channels)")
             return None
         lays = tuple(Layout(layout.axis, layout.ndim, segs) for segs in cut)
+        if holder is not None:
+            self.sizes.append(Sizes(holder[0], holder[1], tuple(cut), holder[2]))
+            if not holder[2]:  # a list of sizes: every piece prunes on its own
+                return lays
         for lay in lays[1:]:
             if not self.tie(lays[0], lay, f"{op_name(node)} (pieces made differently)"):
                 return None
         return lays
+
+    def size_holder(self, node: fx.Node, widths: list[int]) -> tuple[str, str, bool] | None:
+        """The attribute of the module running ``node`` that holds the split's sizes: the
+        one list equal to ``widths``; (module, attribute, False) or None.
+
+        An int attribute equal to equal pieces' width (C2PSA's ``self.c``) is not taken:
+        the same module may read the width elsewhere from a shape (YOLO11's attention views
+        its values as ``x.shape``'s channels), a dependency torch.export's literal shapes
+        hide, and rewriting the int broke the pruned model there."""
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        try:
+            owner = self.root.get_submodule(path)
+        except AttributeError:
+            return None
+        lists = [
+            attr
+            for attr, value in vars(owner).items()
+            if not attr.startswith("_")
+            and isinstance(value, (list, tuple))
+            and list(value) == widths
+        ]
+        prefix = ".".join(p for p in (self.prefix.rstrip("."), path) if p)
+        return (prefix, lists[0], False) if len(lists) == 1 else None
 
     def cut(self, layout: Layout, widths: list[int]) -> list[tuple[Seg, ...]] | None:
         """The segments of each consecutive piece of ``widths`` channels, cutting spaces
@@ -327,7 +384,8 @@ class Propagator(SlotRules):
         index = index if isinstance(index, tuple) else (index,)
         if any(not isinstance(i, (int, slice)) for i in index):
             return self.unknown(node)
-        if len(index) > value.axis and not _whole(index[value.axis]):
+        width = shape(src)[value.axis]
+        if len(index) > value.axis and not _whole(index[value.axis], width):
             return self.unknown(node)
         axis = value.axis - sum(isinstance(i, int) for i in index[: value.axis])
         ndim = value.ndim - sum(isinstance(i, int) for i in index)
@@ -342,20 +400,28 @@ class Propagator(SlotRules):
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         dim %= layout.ndim
         if dim == layout.axis:
-            return self.unknown(node)
+            bounds = list(node.args[2:]) + [None] * 3
+            if node.target not in SLICE_WHOLE or not _whole(
+                slice(*bounds[:3]), shape(node.args[0])[dim]
+            ):
+                return self.unknown(node)
         if len(out_shape) == layout.ndim:
             return Layout(layout.axis, layout.ndim, layout.segs)
         return Layout(layout.axis - (dim < layout.axis), len(out_shape), layout.segs)
 
     # -- result ------------------------------------------------------------------------------
     def graph(self, input_shape: tuple[int, ...]) -> Graph:
-        return build_graph(self.spaces, list(self.slots.values()), input_shape, self.warnings)
+        slots = list(self.slots.values())
+        return build_graph(self.spaces, slots, input_shape, self.warnings, self.sizes)
 
 
-def _whole(index) -> bool:
-    """Whether an index keeps every entry of its axis, at any size (a channel axis that
-    shrinks must still be taken whole)."""
-    return isinstance(index, slice) and index == slice(None, None, None)
+def _whole(index, width: int) -> bool:
+    """Whether an index keeps every entry of an axis of ``width`` entries, and would keep
+    them all at any smaller width (GhostNet's ``out[:, : self.oup]``: a slice from 0 to a
+    literal bound clamps to a pruned axis)."""
+    if not isinstance(index, slice) or index.start not in (None, 0) or index.step not in (None, 1):
+        return False
+    return index.stop is None or (isinstance(index.stop, int) and index.stop >= width)
 
 
 def _piece_shapes(node: fx.Node) -> list[tuple[int, ...]] | None:

@@ -87,6 +87,18 @@ class Group:
         return head + ": " + " => ".join(str(s) for s in self.slots)
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """A module attribute holding the sizes a split of the channel axis cuts at (MixNet's
+    ``self.splits``, C2PSA's ``self.c``): pruning writes the pieces' kept counts into it.
+    ``pieces``: each piece's segments; ``whole``: the attribute is one int (pieces tied)."""
+
+    module: str
+    attr: str
+    pieces: tuple[tuple[Seg, ...], ...]
+    whole: bool = False
+
+
 @dataclass
 class Graph:
     """The result of :func:`qmixprune.analyze`."""
@@ -100,6 +112,8 @@ class Graph:
     parts: list[str] = field(default_factory=list)
     # how the model was captured: "fx", "export" (torch.export, non-strict) or "parts"
     capture: str = "fx"
+    # module attributes that hold split sizes, rewritten by pruning
+    sizes: list[Sizes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_name = {g.name: g for g in self.groups}
