@@ -136,3 +136,12 @@ def test_device_run_dry_run_writes_everything_under_out(tmp_path):
     assert json.loads((tmp_path / "gpu_check-cpu.json").read_text())["rows"][0]["status"] == "skip"
     assert "torch" in (tmp_path / "installed.txt").read_text()
     assert "--no-build-isolation" in (ROOT / "benchmarks" / "device_run.sh").read_text()
+
+
+def test_demo_row_reads_the_backends_where_compress_reports_them(gpu_check):
+    """report.json keeps them under "versions" (compress's _versions); a top-level lookup
+    found nothing and the CUDA row would have failed on every GPU."""
+    rep = {"versions": {"backends": {"cpu": "native", "cuda": "reference (not built)"}}}
+    assert gpu_check.report_backend(rep, "cpu") == "native"
+    assert gpu_check.report_backend(rep, "cuda").startswith("reference")
+    assert gpu_check.report_backend({}, "cuda") == "?"
