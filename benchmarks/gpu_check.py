@@ -179,6 +179,11 @@ def _large_inputs(device: torch.device, g: torch.Generator) -> dict:
     return {"fpgm_large": worst}
 
 
+def report_backend(rep: dict, kind: str) -> str:
+    """What ran the ops on ``kind`` devices in a compress report (``versions.backends``)."""
+    return rep.get("versions", {}).get("backends", {}).get(kind, "?")
+
+
 def check_demo(device: torch.device, workdir: Path) -> dict:
     """The whole pipeline as a user runs it, in a subprocess."""
     out = workdir / "demo"
@@ -197,7 +202,7 @@ def check_demo(device: torch.device, workdir: Path) -> dict:
     rep = json.loads((out / "report.json").read_text())
     assert rep.get("device") == str(device), f"report says device {rep.get('device')!r}"
     assert (out / "model.safetensors").is_file() and (out / "model.onnx").is_file()
-    backend = rep.get("backends", {}).get(device.type, "?")
+    backend = report_backend(rep, device.type)
     if device.type == "cuda":  # the CUDA kernels must have run, not the reference path
         assert backend == "native", f"report's backends.cuda is {backend!r}"
     return {

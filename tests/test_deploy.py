@@ -258,7 +258,7 @@ def test_gpu_sessions_refuse_a_silent_cpu_fallback(onnx_pair, tmp_path, monkeypa
     assert fake.made[-1][1] == ("CUDAExecutionProvider", {"device_id": 2})
     fake.actual = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # TensorRT failed to load
     with pytest.raises(UserError, match="TensorrtExecutionProvider"):
-        session(onnx_pair[0], "tensorrt")
+        session(onnx_pair[0], "tensorrt", trt_cache=cache)
     fake.actual = ["CPUExecutionProvider"]
     session(onnx_pair[0], "cpu")  # the CPU provider asked and given: fine
     assert fake.made[-1] == ["CPUExecutionProvider"]

@@ -220,3 +220,22 @@ def test_distill_binds_the_students_gpu(monkeypatch):
     with device_context(torch.device("cpu")):
         pass
     assert entered == [torch.device("cuda", 1)]
+
+
+def test_distill_runs_inside_its_devices_context(setup, monkeypatch):
+    import contextlib
+
+    import qmixprune.distill as mod
+
+    teacher, student, data, _ = setup
+    seen = []
+
+    @contextlib.contextmanager
+    def spy(device):
+        seen.append(device)
+        yield
+
+    monkeypatch.setattr(mod, "device_context", spy)
+    cfg = DistillConfig(epochs=0, batch_size=32)
+    distill(copy.deepcopy(student), teacher, data, cfg, device=torch.device("cpu"))
+    assert seen == [torch.device("cpu")]

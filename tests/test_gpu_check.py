@@ -114,3 +114,34 @@ def test_rows_past_the_budget_are_skipped_saying_so(gpu_check, monkeypatch):
     )
     assert [r["status"] for r in rows] == ["pass", "skip"]
     assert rows[1]["figures"]["why"] == "the budget of 100 s is spent"
+
+
+def test_device_run_dry_run_writes_everything_under_out(tmp_path):
+    """benchmarks/device_run.sh as on a lent machine, on the CPU without the build step."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "DEVICE": "cpu"}
+    env |= {"SKIP_BUILD": "1", "ONLY": "tensorrt", "BUDGET": "300"}
+    res = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_run.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout[-800:] + res.stderr[-800:]
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"installed.txt", "build.log", "backends.txt", "gpu_check.txt"} <= names
+    assert json.loads((tmp_path / "gpu_check-cpu.json").read_text())["rows"][0]["status"] == "skip"
+    assert "torch" in (tmp_path / "installed.txt").read_text()
+    assert "--no-build-isolation" in (ROOT / "benchmarks" / "device_run.sh").read_text()
+
+
+def test_demo_row_reads_the_backends_where_compress_reports_them(gpu_check):
+    """report.json keeps them under "versions" (compress's _versions); a top-level lookup
+    found nothing and the CUDA row would have failed on every GPU."""
+    rep = {"versions": {"backends": {"cpu": "native", "cuda": "reference (not built)"}}}
+    assert gpu_check.report_backend(rep, "cpu") == "native"
+    assert gpu_check.report_backend(rep, "cuda").startswith("reference")
+    assert gpu_check.report_backend({}, "cuda") == "?"

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import atomic_path
+from .bench import INSTALL_ORT
 from .onnx_input import single_input
 
 QUANTIZERS = ("auto", "onnxruntime", "modelopt")
@@ -198,7 +199,9 @@ def _quantize_ort(
         )
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:
-        raise UserError(f"INT8 needs onnxruntime's quantization tools: {exc}") from exc
+        raise UserError(
+            f"INT8 needs onnxruntime's quantization tools ({exc}): {INSTALL_ORT}"
+        ) from exc
     name, _ = input_shape(src)
     # see the module docstring: uint8 for ONNX Runtime's fused CPU kernels, int8 with zero
     # point 0 for TensorRT

@@ -138,8 +138,16 @@ def _preload_cudart() -> None:
     paths and the loader's: load it globally by its full path and put its folder first on
     LD_LIBRARY_PATH (read by the wrapper's own search)."""
     import ctypes
+    import ctypes.util
 
-    path = find_cudart()
+    try:
+        path = find_cudart()
+    except UserError:
+        name = ctypes.util.find_library("cudart")  # the loader's cache may still know it
+        if name is None:
+            raise
+        ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+        return
     ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     old = os.environ.get("LD_LIBRARY_PATH", "")
     if str(path.parent) not in old.split(os.pathsep):
