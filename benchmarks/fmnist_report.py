@@ -117,7 +117,8 @@ def main() -> None:
     args = p.parse_args()
     parts = []
     for f in args.fidelity:
-        parts += ["### Reward fidelity", "", fidelity(f), ""]
+        target = json.loads(f.read_text())["args"]["target"]
+        parts += [f"### Reward fidelity at {target} of the MACs", "", fidelity(f), ""]
     if args.compare is not None:
         parts += ["### After fine-tuning: the methods' plans", "", compare(args.compare), ""]
     block = "\n".join([START, "", *parts, END])

@@ -178,3 +178,24 @@ def test_from_datasets_takes_plain_datasets():
     assert DataSplits.from_datasets(ds, ds, ds, num_classes=10).num_classes == 10
     with pytest.raises(UserError, match="test dataset is empty"):
         DataSplits.from_datasets(ds, ds, TensorDataset(x[:0], y[:0]))
+
+
+def test_cli_gives_grey_images_the_model_s_input_channels(tmp_path):
+    import argparse
+
+    import torch.nn as nn
+
+    from qmixprune.cli.run import load_data as cli_load_data
+
+    write_fake_mnist(tmp_path)
+    args = argparse.Namespace(
+        data="fashion-mnist",
+        data_dir=str(tmp_path),
+        download=False,
+        mean=None,
+        std=None,
+        input_size=None,
+    )
+    one = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten())
+    assert cli_load_data(args, 0, one).input_shape == (1, 32, 32)
+    assert cli_load_data(args, 0, nn.Sequential(nn.Conv2d(3, 4, 3))).input_shape == (3, 32, 32)

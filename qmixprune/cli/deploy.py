@@ -175,7 +175,7 @@ def export(args: argparse.Namespace) -> int:
         from ..deploy.quantize import quantize_checked
         from .run import load_data
 
-        data = load_data(args, seed=0)
+        data = load_data(args, seed=0, model=model)
         with tempfile.TemporaryDirectory() as d:
             fp32 = export_onnx(
                 model, Path(d) / "fp32.onnx", x, args.opset, dynamic, simplify=args.simplify
