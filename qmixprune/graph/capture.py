@@ -35,10 +35,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, parts: list[str] | No
     except TraceError as exc:
         fx_error = exc
     else:
-        propagator = Propagator()
-        propagator.use(gm.graph, model)  # the user's modules: their attributes too
-        propagator.run()
-        return _warned(propagator.graph(shape))
+        return _warned(_propagate(gm.graph, model, shape))
     if isinstance(model, torch.jit.ScriptModule):
         raise fx_error
     try:
@@ -46,10 +43,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, parts: list[str] | No
     except TraceError as exc:
         export_error = exc
     else:
-        propagator = Propagator()
-        propagator.use(captured, model)
-        propagator.run()
-        graph = propagator.graph(shape)
+        graph = _propagate(captured, model, shape)
         graph.capture = "export"
         graph.warnings.insert(
             0,
@@ -64,6 +58,15 @@ def analyze(model: nn.Module, example_input: torch.Tensor, parts: list[str] | No
     if graph is None or not graph.parts:  # nothing traceable: the whole model's reason
         raise fx_error
     return _warned(graph)
+
+
+def _propagate(captured, model: nn.Module, shape: tuple):
+    """The channel graph of one whole-model capture (fx's graph or export's op list), read
+    against the user's modules (their attributes too)."""
+    propagator = Propagator()
+    propagator.use(captured, model)
+    propagator.run()
+    return propagator.graph(shape)
 
 
 def _reason(error: TraceError) -> str:
