@@ -37,6 +37,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from provenance import revision
 
 TOO_BIG = {
     "vit_h_14",
@@ -357,7 +358,7 @@ def main() -> None:
     rows = []
     doc = {
         "command": " ".join(["python", "benchmarks/coverage.py", *sys.argv[1:]]),
-        "revision": _revision(),
+        "revision": revision(),
         "load_before": list(os.getloadavg()),
         "ratio": RATIO,
         "ratios": RATIOS,
@@ -391,24 +392,6 @@ def main() -> None:
             kept = sorted(r[tool]["kept"] for r in ok)
             median = f", median MACs kept of passes {kept[len(kept) // 2]:.2f}" if kept else ""
             print(f"{source} {tool}: {len(ok)} of {len(part)} passed{median}")
-
-
-def _revision() -> str:
-    """The checkout's git revision (with "+dirty" when it has changes)."""
-    here = Path(__file__).parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":

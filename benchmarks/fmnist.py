@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from provenance import revision
 from torch.utils.data import Subset
 
 import qmixprune as q
@@ -88,20 +88,8 @@ def finetune(student, teacher, data, args, seed: int) -> tuple[float, float, flo
 
 def provenance() -> dict:
     """The git revision and the host's load, stated with every result file."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev, dirty = "unknown", ""
     return {
-        "revision": rev + ("+dirty" if dirty else ""),
+        "revision": revision(),
         "loadavg": [round(v, 2) for v in os.getloadavg()],
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

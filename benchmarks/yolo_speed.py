@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+from provenance import revision
 
 from qmixprune import analyze, count, export_onnx
 from qmixprune.budget import Budget, CostModel, uniform_counts
@@ -66,7 +66,7 @@ def main() -> None:
     args = p.parse_args()
     doc = {
         "command": " ".join(["python", "benchmarks/yolo_speed.py", *sys.argv[1:]]),
-        "revision": _revision(),
+        "revision": revision(),
         "load_before": list(os.getloadavg()),
         "target": args.target,
         "round_to": args.round_to,
@@ -111,16 +111,6 @@ def main() -> None:
             doc["load_after"] = list(os.getloadavg())
             if args.json:  # after every size: an interrupted run keeps what it measured
                 Path(args.json).write_text(json.dumps(doc, indent=2))
-
-
-def _revision() -> str:
-    """The checkout's git revision (with "+dirty" when it has changes)."""
-    here = Path(__file__).parent
-    run = lambda *cmd: subprocess.run(  # noqa: E731
-        cmd, cwd=here, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = run("git", "status", "--porcelain", "--untracked-files=no")
-    return run("git", "rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":
